@@ -1,0 +1,106 @@
+"""Seams where parameter-efficient methods plug into the frozen backbone.
+
+The backbone never owns method parameters. A method builds a `Seams` value
+(arrays from its own trainable tree, plus optional hook functions) and passes
+it to the model call; layers consult it at fixed points:
+
+* `encoder_embed_fn` / `decoder_embed_fn`: rewrite input embeddings and their
+  mask (soft prompts, P-tuning encoders). `(x [B, T, H], mask [B, T]) ->
+  (x' [B, T', H], mask' [B, T'])`.
+* `AttentionSeams.prefix_key/value`: per-layer key/value prefixes
+  (prefix tuning, P-tuning v2); prefix slots are always visible and get no
+  relative position bias.
+* `LowRankDelta`: `y += scale * (x @ a) @ b` on any projection (LoRA).
+* `MlpSeams.post_fn`: applied to the FFN output before the residual add
+  (adapters).
+* `AttentionSeams.key_scale/value_scale`, `MlpSeams.hidden_scale`:
+  elementwise activation scales (IA3).
+
+All fields default to None (no effect), so `Seams()` is the plain backbone.
+"""
+
+from typing import Callable, Mapping
+
+import flax.struct
+
+from prompt_jax.types import Array
+
+EmbedFn = Callable[[Array, Array], tuple[Array, Array]]
+
+
+@flax.struct.dataclass
+class LowRankDelta:
+  """Low-rank update of one projection.
+
+  Attributes:
+    a: [*in_dims, R] (e.g. [H, R] for query, [N, D, R] for out).
+    b: [R, *out_dims] (e.g. [R, N, D] for query, [R, H] for out).
+    scale: multiplier (alpha / R in LoRA).
+  """
+  a: Array
+  b: Array
+  scale: float = flax.struct.field(pytree_node=False, default=1.0)
+
+
+@flax.struct.dataclass
+class AttentionSeams:
+  """Seams of one attention block.
+
+  Attributes:
+    prefix_key: [B or 1, P_kv, N, D] keys prepended to the attended keys.
+    prefix_value: [B or 1, P_kv, N, D] values, same shape as prefix_key.
+    key_scale: [N, D] elementwise scale of the keys (IA3 l_k).
+    value_scale: [N, D] elementwise scale of the values (IA3 l_v).
+    deltas: low-rank deltas by projection name: query, key, value, out.
+  """
+  prefix_key: Array | None = None
+  prefix_value: Array | None = None
+  key_scale: Array | None = None
+  value_scale: Array | None = None
+  deltas: Mapping[str, LowRankDelta] | None = None
+
+
+@flax.struct.dataclass
+class MlpSeams:
+  """Seams of one feed-forward block.
+
+  Attributes:
+    hidden_scale: [F] scale of the hidden activation (IA3 l_ff).
+    deltas: low-rank deltas by projection name: wi (or wi_0, wi_1), wo.
+    post_fn: `[B, T, H] -> [B, T, H]` on the FFN output (adapters).
+  """
+  hidden_scale: Array | None = None
+  deltas: Mapping[str, LowRankDelta] | None = None
+  post_fn: Callable[[Array], Array] | None = flax.struct.field(
+      pytree_node=False, default=None)
+
+
+@flax.struct.dataclass
+class LayerSeams:
+  """Seams of one encoder or decoder layer."""
+  self_attention: AttentionSeams | None = None
+  cross_attention: AttentionSeams | None = None
+  mlp: MlpSeams | None = None
+
+
+@flax.struct.dataclass
+class Seams:
+  """All seams of a T5 call; per-layer tuples are indexed by layer number."""
+  encoder_embed_fn: EmbedFn | None = flax.struct.field(
+      pytree_node=False, default=None)
+  decoder_embed_fn: EmbedFn | None = flax.struct.field(
+      pytree_node=False, default=None)
+  encoder_layers: tuple[LayerSeams | None, ...] | None = None
+  decoder_layers: tuple[LayerSeams | None, ...] | None = None
+
+  def encoder_layer(self, i: int) -> LayerSeams:
+    return _layer(self.encoder_layers, i)
+
+  def decoder_layer(self, i: int) -> LayerSeams:
+    return _layer(self.decoder_layers, i)
+
+
+def _layer(layers, i: int) -> LayerSeams:
+  if layers is None or i >= len(layers) or layers[i] is None:
+    return LayerSeams()
+  return layers[i]
