@@ -19,9 +19,14 @@ os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"  # In case TF touches a GPU.
 
 import pathlib  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
+from absl import flags  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
 from prompt_jax import data_root as data_root_lib  # pylint: disable=g-import-not-at-top
+
+# absltest helpers (create_tempdir, ...) read flags; pytest never parses them.
+if not flags.FLAGS.is_parsed():
+  flags.FLAGS.mark_as_parsed()
 
 
 def pytest_collection_finish(session):

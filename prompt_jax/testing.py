@@ -1,0 +1,68 @@
+"""Importable test helpers: tiny configs and random reference models.
+
+Nothing here downloads anything: reference models are built from
+`transformers` configs with random weights (seeded).
+"""
+
+from typing import Any
+
+import numpy as np
+
+from prompt_jax.t5 import config as config_lib
+from prompt_jax.t5 import convert
+
+# Two reference styles: T5 1.0 (ReLU, tied, scaled logits) and T5 1.1
+# (gated-GELU, untied head). Several layers and heads, asymmetric depth.
+HF_STYLES = {
+    "t5_1_0": dict(feed_forward_proj="relu", tie_word_embeddings=True),
+    "t5_1_1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+}
+
+
+def tiny_t5_config(**overrides) -> config_lib.T5Config:
+  """A T5 1.1-style config small enough for any unit test."""
+  return config_lib.preset("t5_1_1_tiny", **overrides)
+
+
+def random_hf_t5(style: str, seed: int = 0, vocab_size: int = 99,
+                 **overrides) -> tuple[Any, config_lib.T5Config, dict]:
+  """Builds a random `transformers.T5ForConditionalGeneration`.
+
+  Transformers 5 ties `lm_head` to the embedding even for untied configs, so
+  for T5 1.1 the head is replaced by an independent random matrix.
+
+  Returns:
+    (torch model in eval mode, matching T5Config, our param tree).
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  kwargs = dict(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=48,
+                num_layers=3, num_decoder_layers=2, num_heads=4,
+                relative_attention_num_buckets=8,
+                relative_attention_max_distance=20, dropout_rate=0.0)
+  kwargs.update(HF_STYLES[style])
+  kwargs.update(overrides)
+  torch.manual_seed(seed)
+  model = transformers.T5ForConditionalGeneration(
+      transformers.T5Config(**kwargs)).eval()
+  tied = kwargs["tie_word_embeddings"]
+  if not tied:
+    gen = torch.Generator().manual_seed(seed + 1)
+    model.lm_head.weight = torch.nn.Parameter(
+        torch.randn(vocab_size, kwargs["d_model"], generator=gen) * 0.2)
+  cfg = config_lib.from_hf_config(
+      model.config.to_dict() | {"tie_word_embeddings": tied})
+  state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+  return model, cfg, convert.params_from_hf(state, cfg, "random HF model")
+
+
+def padded_batch(rng: np.random.RandomState, batch: int, length: int,
+                 vocab_size: int, lengths: list[int] | None = None,
+                 start_with_pad: bool = False) -> np.ndarray:
+  """Random ids [B, T] in [2, V) with padding (0) after `lengths[b]`."""
+  ids = rng.randint(2, vocab_size, (batch, length)).astype(np.int32)
+  for b, n in enumerate(lengths or []):
+    ids[b, n:] = 0
+  if start_with_pad:
+    ids[:, 0] = 0
+  return ids
