@@ -1,0 +1,144 @@
+"""Orbax checkpoints of the trainable state, plus prompt-only artifacts.
+
+Only what training changes is saved: the trainable params (the prompt),
+the optimizer state, the step and the data position, so a checkpoint of an
+XXL run is a few megabytes. The frozen backbone always comes from its initial
+checkpoint and is never re-saved.
+
+Writes are atomic: Orbax finalises a step directory by renaming a temporary
+one, and `.npy` prompt exports go through a temporary file and `os.replace`.
+A SIGTERM (preemption on TPU VMs) sets a flag that the trainer polls to make
+one last save before exiting (`PreemptionWatcher`).
+"""
+
+import dataclasses
+import os
+import pathlib
+import signal
+import tempfile
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from prompt_jax.types import PyTree
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """When and how many checkpoints to keep.
+
+  Attributes:
+    save_every_steps: save when `step % save_every_steps == 0`.
+    keep: number of most recent checkpoints kept on disk.
+    export_prompts: also write `prompts/prompt_step_<N>.npy` at each save.
+  """
+  save_every_steps: int = 1000
+  keep: int = 3
+  export_prompts: bool = True
+
+
+class TrainCheckpointer:
+  """Saves and restores `{state, data_position}` under `model_dir/checkpoints`.
+
+  Args:
+    model_dir: the run directory.
+    cfg: the save schedule.
+  """
+
+  def __init__(self, model_dir: str | os.PathLike, cfg: CheckpointConfig):
+    self.model_dir = pathlib.Path(model_dir)
+    self.cfg = cfg
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=cfg.keep, create=True, enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(
+        (self.model_dir / "checkpoints").absolute(), options=options)
+
+  def should_save(self, step: int) -> bool:
+    return step > 0 and step % self.cfg.save_every_steps == 0
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: PyTree, data_position: dict[str, Any],
+           prompt: np.ndarray | None = None) -> None:
+    """Saves `state` (trainable tree only) and the data position at `step`."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              data_position=ocp.args.JsonSave(data_position))
+    self._manager.save(step, args=args, force=True)
+    self._manager.wait_until_finished()
+    if prompt is not None and self.cfg.export_prompts:
+      export_prompt(self.model_dir / "prompts" / f"prompt_step_{step}.npy",
+                    prompt)
+
+  def restore(self, abstract_state: PyTree, step: int | None = None
+              ) -> tuple[PyTree, dict[str, Any]]:
+    """Restores `(state, data_position)`; `abstract_state` fixes shapes,
+    dtypes and shardings (a tree of `jax.ShapeDtypeStruct`)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(
+          f"no checkpoint under {self.model_dir / 'checkpoints'}")
+    args = ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data_position=ocp.args.JsonRestore())
+    restored = self._manager.restore(step, args=args)
+    return restored.state, dict(restored.data_position)
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def export_prompt(path: str | os.PathLike, prompt: np.ndarray) -> pathlib.Path:
+  """Atomically writes a prompt [P, H] as `.npy` (temp file + rename)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.save(f, np.asarray(jax.device_get(prompt)))
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+  return path
+
+
+def load_prompt(path: str | os.PathLike,
+                expected_shape: tuple[int, ...] | None = None) -> np.ndarray:
+  """Reads a prompt `.npy`; checks its shape against [P, H] if given."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"prompt file {path} does not exist")
+  try:
+    prompt = np.load(path, allow_pickle=False)
+  except ValueError as e:
+    raise ValueError(f"{path}: not a valid .npy array ({e})") from None
+  if expected_shape is not None and tuple(prompt.shape) != tuple(
+      expected_shape):
+    raise ValueError(f"{path}: prompt shape {tuple(prompt.shape)} does not "
+                     f"match the model's expected {tuple(expected_shape)}")
+  return prompt
+
+
+class PreemptionWatcher:
+  """Turns SIGTERM into a flag the training loop polls (`stop_requested`)."""
+
+  def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
+    self.stop_requested = False
+    self._previous = {}
+    for sig in signals:
+      self._previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    self.stop_requested = True
+
+  def restore_handlers(self) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
