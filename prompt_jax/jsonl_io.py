@@ -40,7 +40,7 @@ def read_jsonl(path: PathLike) -> list[tuple[int, dict[str, Any]]]:
   with open(path, "rb") as f:
     for number, raw in enumerate(f, start=1):
       try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8").rstrip("\r\n")
       except UnicodeDecodeError as e:
         raise JsonlError(path, number, f"not UTF-8 ({e.reason})") from None
       if not text.strip():
