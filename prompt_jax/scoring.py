@@ -8,7 +8,7 @@ fixed [B, T] arrays whose lengths come from a small set, so a jitted scorer
 compiles only a few times. The CLI around this lives in `prompt_jax.score`.
 """
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -40,7 +40,8 @@ def token_log_probs(logits: Array, targets: Array) -> Array:
 
 def score_batch(model: nn.Module, params: PyTree, encoder_tokens: Array,
                 decoder_targets: Array, *, encoder_mask: Array | None = None,
-                target_mask: Array | None = None) -> tuple[Array, Array]:
+                target_mask: Array | None = None,
+                seams: Any = None) -> tuple[Array, Array]:
   """Scores targets under a T5 model by teacher forcing.
 
   The decoder sees only a causal mask (no key-padding mask): with targets
@@ -54,6 +55,7 @@ def score_batch(model: nn.Module, params: PyTree, encoder_tokens: Array,
     decoder_targets: [B, To] target ids, 0 = padding.
     encoder_mask: [B, Ti], default `encoder_tokens != 0`.
     target_mask: [B, To] positions that count, default `decoder_targets != 0`.
+    seams: PEFT seams (e.g. a soft prompt), passed to the model.
 
   Returns:
     (scores [B], token_scores [B, To]) in fp32: the per-token target
@@ -63,7 +65,7 @@ def score_batch(model: nn.Module, params: PyTree, encoder_tokens: Array,
     target_mask = decoder_targets != 0
   decoder_inputs = shift_right(decoder_targets, start_id=0)
   logits = model.apply({"params": params}, encoder_tokens, decoder_inputs,
-                       encoder_mask=encoder_mask)  # [B, To, V]
+                       encoder_mask=encoder_mask, seams=seams)  # [B, To, V]
   token_scores = token_log_probs(logits, decoder_targets)
   token_scores = jnp.where(target_mask.astype(bool), token_scores, 0.0)
   return token_scores.sum(axis=-1), token_scores

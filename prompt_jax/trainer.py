@@ -1,0 +1,179 @@
+"""Pure train/eval steps and the `Trainer` that jits them on a mesh.
+
+`train_step(state, frozen, batch, rng)` differentiates the loss with respect
+to `state.trainable` only; the frozen backbone is a plain argument, so the
+gradient tree and the optimizer state have exactly the trainable leaves. The
+step folds the step number into the base RNG, accumulates gradients over
+microbatches with `lax.scan` (the loss is normalised by the token count of
+the whole batch, so M microbatches give the same update as one), and returns
+summed metrics. `Trainer` compiles the steps once with in/out shardings,
+donates the train state and keeps everything on device.
+"""
+
+import functools
+from typing import Any, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from prompt_jax import partitioning
+from prompt_jax.model import PromptT5Model
+from prompt_jax.types import Array, PRNGKey, PyTree
+
+Batch = Mapping[str, Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything training changes: step, trainable params, optimizer state."""
+  step: Array
+  trainable: PyTree
+  opt_state: PyTree
+
+
+def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
+  """[B, ...] -> [M, B / M, ...] for every array of the batch."""
+  def split(x):
+    if x.shape[0] % num_microbatches:
+      raise ValueError(f"batch size {x.shape[0]} is not divisible by "
+                       f"num_microbatches={num_microbatches}")
+    return x.reshape((num_microbatches, -1) + x.shape[1:])
+  return jax.tree.map(split, dict(batch))
+
+
+def _weights(batch: Batch) -> Array:
+  targets = batch["decoder_target_tokens"]
+  return batch.get("decoder_loss_weights", targets > 0).astype(jnp.float32)
+
+
+def loss_and_grads(model: PromptT5Model, trainable: PyTree, frozen: PyTree,
+                   batch: Batch, rng: PRNGKey, num_microbatches: int = 1
+                   ) -> tuple[PyTree, dict[str, Array]]:
+  """Gradients w.r.t. `trainable` and summed metrics over microbatches."""
+  scale = 1.0
+  if model.loss_cfg.normalize_by_tokens:
+    scale = 1.0 / jnp.maximum(jnp.sum(_weights(batch)), 1.0)
+
+  def micro_loss(tr, mb, key):
+    _, metrics = model.loss_fn(tr, frozen, mb, key, enable_dropout=True)
+    return metrics["loss_sum"] * scale, metrics
+
+  grad_fn = jax.grad(micro_loss, has_aux=True)
+  if num_microbatches == 1:
+    return grad_fn(trainable, batch, rng)
+
+  def body(carry, xs):
+    grads_acc, metrics_acc = carry
+    index, mb = xs
+    grads, metrics = grad_fn(trainable, mb, jax.random.fold_in(rng, index))
+    return (jax.tree.map(jnp.add, grads_acc, grads),
+            jax.tree.map(jnp.add, metrics_acc, metrics)), None
+
+  micro = _split_microbatches(batch, num_microbatches)
+  first = jax.tree.map(lambda x: x[0], micro)
+  zero_metrics = jax.tree.map(
+      jnp.zeros_like, jax.eval_shape(grad_fn, trainable, first, rng)[1])
+  init = (jax.tree.map(jnp.zeros_like, trainable), zero_metrics)
+  (grads, metrics), _ = jax.lax.scan(
+      body, init, (jnp.arange(num_microbatches), micro))
+  return grads, metrics
+
+
+def train_step(state: TrainState, frozen: PyTree, batch: Batch,
+               base_rng: PRNGKey, *, model: PromptT5Model,
+               optimizer: optax.GradientTransformation,
+               num_microbatches: int = 1) -> tuple[TrainState, dict]:
+  """One optimizer step on `batch`; returns the new state and metrics."""
+  rng = jax.random.fold_in(base_rng, state.step)
+  grads, sums = loss_and_grads(model, state.trainable, frozen, batch, rng,
+                               num_microbatches)
+  updates, opt_state = optimizer.update(grads, state.opt_state,
+                                        state.trainable)
+  trainable = optax.apply_updates(state.trainable, updates)
+  tokens = jnp.maximum(sums["tokens"], 1.0)
+  metrics = {"loss": sums["loss_sum"] / tokens,
+             "z_loss": sums["z_loss_sum"] / tokens,
+             "accuracy": sums["correct"] / tokens,
+             "tokens": sums["tokens"],
+             "grad_norm": optax.tree.norm(grads)}
+  return TrainState(state.step + 1, trainable, opt_state), metrics
+
+
+def eval_step(trainable: PyTree, frozen: PyTree, batch: Batch, *,
+              model: PromptT5Model) -> dict[str, Array]:
+  """Teacher-forced summed metrics (`loss_sum`, `correct`, `tokens`)."""
+  _, metrics = model.loss_fn(trainable, frozen, batch)
+  return metrics
+
+
+class Trainer:
+  """Compiles the steps once for a mesh and owns their shardings.
+
+  Args:
+    model: the prompt model.
+    optimizer: built for the trainable tree only.
+    mesh: ('data', 'model') mesh; batches are split over 'data'.
+    rules: logical axis rules (the prompt is replicated by default).
+    frozen_shardings: shardings of the frozen backbone params.
+    num_microbatches: gradient accumulation inside one step.
+  """
+
+  def __init__(self, model: PromptT5Model,
+               optimizer: optax.GradientTransformation, mesh: Mesh,
+               rules: Any, frozen_shardings: PyTree,
+               num_microbatches: int = 1):
+    self.model, self.optimizer, self.mesh = model, optimizer, mesh
+    self.rules = rules
+    replicated = NamedSharding(mesh, PartitionSpec())
+    self.batch_sharding = NamedSharding(mesh, PartitionSpec(
+        partitioning.DATA))
+    trainable_sh = partitioning.param_shardings(
+        model.abstract_trainable(), mesh, rules)
+    abstract_opt = jax.eval_shape(
+        optimizer.init, flax.core.meta.unbox(model.abstract_trainable()))
+    self.state_shardings = TrainState(
+        step=replicated, trainable=trainable_sh,
+        opt_state=jax.tree.map(lambda _: replicated, abstract_opt))
+    self._train = partitioning.jit_sharded(
+        functools.partial(train_step, model=model, optimizer=optimizer,
+                          num_microbatches=num_microbatches),
+        mesh, rules,
+        in_shardings=(self.state_shardings, frozen_shardings,
+                      self.batch_sharding, replicated),
+        out_shardings=(self.state_shardings, replicated),
+        donate_argnums=(0,))
+    self._eval = partitioning.jit_sharded(
+        functools.partial(eval_step, model=model), mesh, rules,
+        in_shardings=(trainable_sh, frozen_shardings, self.batch_sharding),
+        out_shardings=replicated)
+
+  def init_state(self, rng: PRNGKey) -> TrainState:
+    """Initial state placed on the mesh (prompt init runs eagerly)."""
+    trainable = self.model.init_trainable(rng)
+    state = TrainState(jnp.zeros((), jnp.int32), trainable,
+                       self.optimizer.init(trainable))
+    return jax.device_put(state, self.state_shardings)
+
+  def abstract_state(self) -> TrainState:
+    """Shapes, dtypes and shardings of the state (for checkpoint restore)."""
+    trainable = flax.core.meta.unbox(self.model.abstract_trainable())
+    abstract = TrainState(jax.ShapeDtypeStruct((), jnp.int32), trainable,
+                          jax.eval_shape(self.optimizer.init, trainable))
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        abstract, self.state_shardings)
+
+  def put_batch(self, batch: Mapping[str, Any]) -> dict[str, Array]:
+    """Host numpy batch -> device arrays split over 'data'."""
+    return jax.device_put(dict(batch), self.batch_sharding)
+
+  def train_step(self, state: TrainState, frozen: PyTree, batch: Batch,
+                 base_rng: PRNGKey) -> tuple[TrainState, dict]:
+    return self._train(state, frozen, batch, base_rng)
+
+  def eval_step(self, trainable: PyTree, frozen: PyTree,
+                batch: Batch) -> dict[str, Array]:
+    return self._eval(trainable, frozen, batch)
