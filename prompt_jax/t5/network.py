@@ -140,16 +140,17 @@ class Decoder(nn.Module):
     """Returns (self_mask [B|1, 1, Tq, Tk], bias [1, N, Tq, Tk])."""
     relpos = _relpos(self.config, bidirectional=False)
     if decode and self.has_variable("cache", "position"):
-      # One step: the query sits at `position`; keys span the whole cache.
+      # One step: the query sits at `position`; keys span the whole cache,
+      # whose length is that of the first layer's self-attention cache.
       position = self.get_variable("cache", "position")
-      k_pos = self.get_variable("cache", "key_positions")
+      cached = self.variables["cache"]["layers_0"]["self_attention"]
+      k_pos = jnp.arange(cached["cached_key"].shape[1])
       q_pos = position + jnp.arange(t)
       self.put_variable("cache", "position", position + t)
       mask = (k_pos[None, :] <= q_pos[:, None])[None, None]
       return mask, relpos(q_pos, k_pos)
     if decode:  # Cache creation: the input length is the decode length.
       self.put_variable("cache", "position", jnp.zeros((), jnp.int32))
-      self.put_variable("cache", "key_positions", jnp.arange(t))
     positions = jnp.arange(t)
     mask = (positions[None, :] <= positions[:, None])[None, None]
     if decoder_mask is not None:
