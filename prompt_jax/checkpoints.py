@@ -110,6 +110,17 @@ def export_prompt(path: str | os.PathLike, prompt: np.ndarray) -> pathlib.Path:
   return path
 
 
+def latest_prompt_file(model_dir: str | os.PathLike) -> pathlib.Path:
+  """The `.npy` prompt of the highest saved step under `model_dir/prompts`."""
+  folder = pathlib.Path(model_dir) / "prompts"
+  files = sorted(folder.glob("prompt_step_*.npy"),
+                 key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+  if not files:
+    raise FileNotFoundError(f"no prompt_step_*.npy under {folder}; train "
+                            "first or pass a prompt file")
+  return files[-1]
+
+
 def load_prompt(path: str | os.PathLike,
                 expected_shape: tuple[int, ...] | None = None) -> np.ndarray:
   """Reads a prompt `.npy`; checks its shape against [P, H] if given."""

@@ -114,7 +114,8 @@ class Trainer:
 
   Args:
     model: the prompt model.
-    optimizer: built for the trainable tree only.
+    optimizer: built for the trainable tree only; None for an eval-only
+      trainer (no train step is compiled).
     mesh: ('data', 'model') mesh; batches are split over 'data'.
     rules: logical axis rules (the prompt is replicated by default).
     frozen_shardings: shardings of the frozen backbone params.
@@ -122,7 +123,7 @@ class Trainer:
   """
 
   def __init__(self, model: PromptT5Model,
-               optimizer: optax.GradientTransformation, mesh: Mesh,
+               optimizer: optax.GradientTransformation | None, mesh: Mesh,
                rules: Any, frozen_shardings: PyTree,
                num_microbatches: int = 1):
     self.model, self.optimizer, self.mesh = model, optimizer, mesh
@@ -132,6 +133,12 @@ class Trainer:
         partitioning.DATA))
     trainable_sh = partitioning.param_shardings(
         model.abstract_trainable(), mesh, rules)
+    self._eval = partitioning.jit_sharded(
+        functools.partial(eval_step, model=model), mesh, rules,
+        in_shardings=(trainable_sh, frozen_shardings, self.batch_sharding),
+        out_shardings=replicated)
+    if optimizer is None:
+      return
     abstract_opt = jax.eval_shape(
         optimizer.init, flax.core.meta.unbox(model.abstract_trainable()))
     self.state_shardings = TrainState(
@@ -145,10 +152,6 @@ class Trainer:
                       self.batch_sharding, replicated),
         out_shardings=(self.state_shardings, replicated),
         donate_argnums=(0,))
-    self._eval = partitioning.jit_sharded(
-        functools.partial(eval_step, model=model), mesh, rules,
-        in_shardings=(trainable_sh, frozen_shardings, self.batch_sharding),
-        out_shardings=replicated)
 
   def init_state(self, rng: PRNGKey) -> TrainState:
     """Initial state placed on the mesh (prompt init runs eagerly)."""

@@ -1,0 +1,94 @@
+"""The `evaluate` entry point: a saved prompt on any registered task.
+
+Loads the frozen backbone and a prompt-only artifact (`.npy`: the latest one
+of a run directory, or a given file), then reports teacher-forced loss and
+token accuracy plus seqio's decode-based task metrics (per task of a
+mixture). Writes `eval/<task>.json` and `eval/<task>_predictions.jsonl`
+under the model directory. Gin-free; `main.py --mode=eval` binds it.
+"""
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+import seqio
+
+from prompt_jax import checkpoints
+from prompt_jax import data as data_lib
+from prompt_jax import evaluation
+from prompt_jax import predicting
+from prompt_jax import run_setup
+from prompt_jax import trainer as trainer_lib
+
+
+def load_trainable(run: run_setup.Run, model_dir: str,
+                   prompt_file: str | None) -> dict:
+  """The trainable tree from a prompt `.npy` (shape-checked)."""
+  path = prompt_file or checkpoints.latest_prompt_file(model_dir)
+  shape = (run.model.prompt_length, run.config.emb_dim)
+  prompt = checkpoints.load_prompt(path, shape)
+  return {"prompt": {"prompt": jax.numpy.asarray(prompt)}}
+
+
+def decode_metrics(predictor: predicting.Predictor, trainable, frozen,
+                   dataset_cfg: data_lib.DatasetConfig
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """seqio Evaluator metrics and outputs per task of the task or mixture."""
+  evaluator = seqio.Evaluator(
+      mixture_or_task_name=dataset_cfg.mixture_or_task_name,
+      feature_converter=seqio.EncDecFeatureConverter(pack=False),
+      eval_split=dataset_cfg.split,
+      sequence_length=dict(dataset_cfg.task_feature_lengths),
+      use_memory_cache=False, async_compute_metrics=False)
+  metrics, outputs = evaluator.evaluate(
+      compute_metrics=True,
+      predict_fn=predictor.seqio_predict_fn(trainable, frozen),
+      score_fn=predictor.seqio_score_fn(trainable, frozen))
+  return metrics.result(), outputs
+
+
+def _write(out_dir: pathlib.Path, name: str, metrics: dict,
+           outputs: dict) -> None:
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / f"{name}.json").write_text(json.dumps(metrics, indent=2,
+                                                   default=float))
+  predictions = outputs.get("output", outputs.get("prediction", []))
+  with open(out_dir / f"{name}_predictions.jsonl", "w",
+            encoding="utf-8") as f:
+    for row in predictions:
+      f.write(json.dumps(row, default=str) + "\n")
+
+
+def evaluate(*, model_dir: str, backbone: run_setup.BackboneConfig,
+             prompt: run_setup.PromptConfig,
+             dataset_cfg: data_lib.DatasetConfig,
+             prompt_file: str | None = None,
+             mesh_cfg: run_setup.MeshConfig = run_setup.MeshConfig(),
+             max_decode_length: int | None = None,
+             decode_method: str = "greedy", num_beams: int = 4
+             ) -> dict[str, Any]:
+  """Evaluates a prompt; returns {task: metrics} plus 'teacher_forced'."""
+  run = run_setup.build_run(backbone=backbone, prompt=prompt,
+                            mesh_cfg=mesh_cfg)
+  trainable = load_trainable(run, model_dir, prompt_file)
+  frozen_shardings = jax.tree.map(lambda x: x.sharding, run.frozen)
+  evaluator = trainer_lib.Trainer(run.model, None, run.mesh, run.rules,
+                                  frozen_shardings)
+  results = {"teacher_forced": evaluation.teacher_forced(
+      evaluator, trainable, run.frozen, dataset_cfg)}
+  predictor = predicting.Predictor(
+      run.model, run.mesh, run.rules, frozen_shardings,
+      max_decode_length=(max_decode_length or
+                         dataset_cfg.task_feature_lengths["targets"]),
+      method=decode_method, num_beams=num_beams,
+      batch_size=dataset_cfg.batch_size)
+  metrics, outputs = decode_metrics(predictor, trainable, run.frozen,
+                                    dataset_cfg)
+  out_dir = pathlib.Path(model_dir) / "eval"
+  for task, task_metrics in metrics.items():
+    results[task] = {k: float(v) if hasattr(v, "__float__") else v
+                     for k, v in task_metrics.items()}
+    _write(out_dir, task, results[task], outputs.get(task, {}))
+  print(json.dumps(results, indent=2, default=str), flush=True)
+  return results

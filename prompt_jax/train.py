@@ -1,0 +1,112 @@
+"""The `train` entry point: prompt tuning with checkpoints and resumption.
+
+Gin-free; `main.py` wraps it with `gin.configurable`. A run directory holds
+`checkpoints/` (Orbax, trainable state + data position), `prompts/`
+(`prompt_step_<N>.npy`), `metrics.jsonl`, `tb/` and `config.gin`.
+Restarting with the same directory resumes from the latest checkpoint and
+replays exactly the batches an uninterrupted run would have seen.
+"""
+
+import logging
+import math
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from prompt_jax import checkpoints
+from prompt_jax import data as data_lib
+from prompt_jax import evaluation
+from prompt_jax import metric_writers
+from prompt_jax import run_setup
+from prompt_jax import trainer as trainer_lib
+
+_LOG = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced NaN/inf; nothing was saved for that state."""
+
+
+def _fetch(metrics: dict) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def _check_finite(step: int, metrics: dict[str, float], prompt) -> None:
+  if not math.isfinite(metrics["loss"]) or not np.isfinite(
+      np.asarray(jax.device_get(prompt))).all():
+    raise NonFiniteLossError(
+        f"non-finite loss ({metrics['loss']}) or prompt at step {step}; "
+        "stopping without saving this state (the last good checkpoint is "
+        "kept)")
+
+
+def _restore_or_init(ckpt, trainer, seed: int):
+  if ckpt.latest_step() is None:
+    return trainer.init_state(jax.random.key(seed)), 0
+  state, position = ckpt.restore(trainer.abstract_state())
+  _LOG.info("resumed from step %d", int(state.step))
+  return state, int(position["batches"])
+
+
+def train(*, model_dir: str, backbone: run_setup.BackboneConfig,
+          prompt: run_setup.PromptConfig,
+          train_dataset_cfg: data_lib.DatasetConfig,
+          optimizer: optax.GradientTransformation, total_steps: int,
+          eval_dataset_cfg: data_lib.DatasetConfig | None = None,
+          checkpoint_cfg: checkpoints.CheckpointConfig = (
+              checkpoints.CheckpointConfig()),
+          mesh_cfg: run_setup.MeshConfig = run_setup.MeshConfig(),
+          num_microbatches: int = 1, log_every_steps: int = 10,
+          eval_every_steps: int | None = None, seed: int = 0
+          ) -> dict[str, Any]:
+  """Trains a soft prompt on a frozen backbone.
+
+  Returns:
+    `{'step': final step, 'train': last train metrics, 'eval': last eval
+    metrics or None, 'preempted': bool}`.
+  """
+  run = run_setup.build_run(backbone=backbone, prompt=prompt,
+                            mesh_cfg=mesh_cfg)
+  trainer = trainer_lib.Trainer(
+      run.model, optimizer, run.mesh, run.rules,
+      jax.tree.map(lambda x: x.sharding, run.frozen), num_microbatches)
+  ckpt = checkpoints.TrainCheckpointer(model_dir, checkpoint_cfg)
+  state, position = _restore_or_init(ckpt, trainer, seed)
+  step = int(state.step)
+  batches = data_lib.TrainBatches(train_dataset_cfg, start_position=position)
+  writer = metric_writers.MetricWriter(model_dir)
+  progress = metric_writers.Progress(total_steps,
+                                     train_dataset_cfg.batch_size, step)
+  watcher = checkpoints.PreemptionWatcher()
+  base_rng = jax.random.key(seed)
+  result = {"train": None, "eval": None, "preempted": False}
+  try:
+    while step < total_steps and not watcher.stop_requested:
+      state, metrics = trainer.train_step(
+          state, run.frozen, trainer.put_batch(next(batches)), base_rng)
+      step += 1
+      must_save = ckpt.should_save(step) or step == total_steps
+      if step % log_every_steps == 0 or must_save or watcher.stop_requested:
+        result["train"] = _fetch(metrics)
+        _check_finite(step, result["train"], run.model.prompt_of(
+            state.trainable))
+        writer.write(step, "train", result["train"])
+        print(progress.line(step, result["train"]), flush=True)
+      if must_save or watcher.stop_requested:
+        ckpt.save(step, state, {"batches": batches.position},
+                  prompt=run.model.prompt_of(state.trainable))
+      if eval_dataset_cfg and eval_every_steps and (
+          step % eval_every_steps == 0 or step == total_steps):
+        result["eval"] = evaluation.teacher_forced(
+            trainer, state.trainable, run.frozen, eval_dataset_cfg)
+        writer.write(step, "eval", result["eval"])
+        print(f"eval step {step}: {result['eval']}", flush=True)
+    result["preempted"] = watcher.stop_requested
+  finally:
+    watcher.restore_handlers()
+    writer.close()
+    ckpt.close()
+  result["step"] = step
+  return result
