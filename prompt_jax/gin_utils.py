@@ -30,15 +30,28 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
     ValueError: one line naming the file or binding that failed to parse.
   """
   import_configurables()
+  gin.clear_config()  # A process may run several entry points (tests).
   gin.add_config_file_search_path(str(GIN_CONFIGS_DIR))
-  gin.add_config_file_search_path(".")
   try:
-    gin.parse_config_files_and_bindings(list(gin_files), list(bindings),
-                                        finalize_config=False)
+    gin.parse_config_files_and_bindings(
+        [resolve_path(f) for f in gin_files], list(bindings),
+        finalize_config=False)
   except (ValueError, KeyError, IOError, SyntaxError) as e:
     message = " ".join(str(e).split())
     raise ValueError(f"gin config error: {message}") from None
   gin.finalize()
+
+
+def resolve_path(gin_file: str) -> str:
+  """A gin file as given if it exists, else under `gin_configs/`."""
+  path = pathlib.Path(gin_file)
+  if path.exists() or path.is_absolute():
+    return str(path)
+  candidate = GIN_CONFIGS_DIR / path
+  if not candidate.exists():
+    raise ValueError(f"gin config error: no file {gin_file} (looked in the "
+                     f"working directory and {GIN_CONFIGS_DIR})")
+  return str(candidate)
 
 
 def write_config(model_dir: str | pathlib.Path, name: str = "config.gin"

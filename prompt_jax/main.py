@@ -60,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     run(sys.argv[1:] if argv is None else argv)
   except (ValueError, KeyError, FileNotFoundError, FloatingPointError) as e:
-    print(f"error: {e}", file=sys.stderr)
+    # Gin appends "In call to configurable ..." lines; keep the message.
+    message = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+    print(f"error: {message}", file=sys.stderr)
     return 2
   return 0
 

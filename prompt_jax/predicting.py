@@ -85,8 +85,8 @@ class Predictor:
       del model_feature_shapes
       indices, enc = _gather(dataset, "encoder_input_tokens")
       tokens = self.predict(trainable, frozen, enc)
-      return [(i, until_eos(t, self.model.config.eos_id))
-              for i, t in zip(indices, tokens)]
+      # Fixed-length rows: seqio stacks them; decoding stops at EOS.
+      return [(i, t) for i, t in zip(indices, tokens)]
     return predict_fn
 
   def seqio_score_fn(self, trainable: PyTree, frozen: PyTree):

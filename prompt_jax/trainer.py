@@ -177,6 +177,11 @@ class Trainer:
                  base_rng: PRNGKey) -> tuple[TrainState, dict]:
     return self._train(state, frozen, batch, base_rng)
 
+  def lower_train_step(self, state: TrainState, frozen: PyTree, batch: Batch,
+                       base_rng: PRNGKey):
+    """The lowered train step (for AOT compilation and cost analysis)."""
+    return self._train.lower(state, frozen, batch, base_rng)
+
   def eval_step(self, trainable: PyTree, frozen: PyTree,
                 batch: Batch) -> dict[str, Array]:
     return self._eval(trainable, frozen, batch)

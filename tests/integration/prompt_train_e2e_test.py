@@ -1,0 +1,143 @@
+"""End to end through the real gin files: train, kill -9, resume, eval, infer.
+
+Runs the tiny random T5 on the real SST-2 task (data root) on 8 fake CPU
+devices. The kill test uses real subprocesses and SIGKILL, so nothing gets a
+chance to save on the way out; the resumed run must still end with exactly
+the prompt of an uninterrupted run.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from prompt_jax import main as main_lib
+
+COMMON = [
+    "--gin_file=models/t5_1_1_tiny.gin",
+    "--gin_file=prompts/sampled_vocab.gin",
+    "--gin.MIXTURE_OR_TASK_NAME='sst2_v100'",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}",
+    "--gin.PROMPT_LENGTH=8",
+]
+
+
+def _train_args(model_dir, steps, save_every, log_every=1):
+  return ["--gin_file=runs/prompt_train.gin", *COMMON,
+          f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}",
+          "--gin.BATCH_SIZE=8", f"--gin.SAVE_EVERY_STEPS={save_every}",
+          f"--gin.LOG_EVERY_STEPS={log_every}"]
+
+
+def _rows(model_dir, split="train"):
+  with open(os.path.join(model_dir, "metrics.jsonl"), encoding="utf-8") as f:
+    return [r for r in map(json.loads, f) if r["split"] == split]
+
+
+def test_train_then_eval_then_infer(tmp_path):
+  model_dir = str(tmp_path / "run")
+  result = main_lib.run(_train_args(model_dir, 30, 15, log_every=5))
+  assert result["step"] == 30 and not result["preempted"]
+  losses = [r["loss"] for r in _rows(model_dir)]
+  assert losses[-1] < 0.8 * losses[0], losses
+  for name in ("config.gin", "operative_config.gin",
+               "prompts/prompt_step_15.npy", "prompts/prompt_step_30.npy",
+               "checkpoints/30"):
+    assert os.path.exists(os.path.join(model_dir, name)), name
+  assert "PROMPT_LENGTH = 8" in open(os.path.join(model_dir, "config.gin"),
+                                     encoding="utf-8").read()
+  prompt = np.load(os.path.join(model_dir, "prompts/prompt_step_30.npy"))
+  assert prompt.shape == (8, 64)
+
+  metrics = main_lib.run(["--mode=eval", "--gin_file=runs/prompt_eval.gin",
+                          *COMMON, f"--gin.MODEL_DIR='{model_dir}'"])
+  assert metrics["teacher_forced"]["examples"] == 872.0
+  assert 0.0 <= metrics["sst2_v100"]["accuracy"] <= 100.0
+  with open(os.path.join(model_dir, "eval/sst2_v100.json"),
+            encoding="utf-8") as f:
+    assert json.load(f)["accuracy"] == metrics["sst2_v100"]["accuracy"]
+
+  inputs = tmp_path / "in.jsonl"
+  inputs.write_text('{"inputs": "sst2 sentence: a great movie"}\n'
+                    '{"inputs": "sst2 sentence: dull and slow"}\n')
+  out = tmp_path / "out.jsonl"
+  rows = main_lib.run(["--mode=infer", "--gin_file=runs/prompt_infer.gin",
+                       *COMMON, f"--gin.MODEL_DIR='{model_dir}'",
+                       f"--gin.INPUT_FILE='{inputs}'",
+                       f"--gin.OUTPUT_FILE='{out}'",
+                       "--gin.MAX_DECODE_LENGTH=4"])
+  written = [json.loads(line) for line in out.read_text().splitlines()]
+  assert len(written) == 2 == len(rows)
+  assert all("prediction" in r and len(r["prediction_ids"]) <= 4
+             for r in written)
+
+
+def _subprocess(args, **kwargs):
+  env = dict(os.environ)
+  return subprocess.Popen([sys.executable, "-m", "prompt_jax.main", *args],
+                          env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_kill9_then_resume_equals_uninterrupted_run(tmp_path):
+  steps, save_every = 300, 10
+  killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
+  proc = _subprocess(_train_args(killed_dir, steps, save_every))
+  marker = killed_dir / "prompts" / "prompt_step_20.npy"
+  deadline = time.time() + 240
+  while not marker.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.01)
+  assert proc.poll() is None, "run ended before it could be killed: " + (
+      proc.stderr.read()[-2000:])
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  final = killed_dir / "prompts" / f"prompt_step_{steps}.npy"
+  assert not final.exists()
+  resumed_rows_before = len(_rows(killed_dir))
+
+  clean = _subprocess(_train_args(clean_dir, steps, save_every))
+  resumed = _subprocess(_train_args(killed_dir, steps, save_every))
+  for p in (clean, resumed):
+    assert p.wait(timeout=600) == 0, p.stderr.read()[-3000:]
+  np.testing.assert_array_equal(
+      np.load(final), np.load(clean_dir / "prompts" / f"prompt_step_{steps}.npy"))
+  # The resumed process started from a saved step > 0, not from scratch.
+  resumed_rows = _rows(killed_dir)[resumed_rows_before:]
+  assert resumed_rows[0]["step"] > 1
+
+
+def test_sigterm_saves_and_exits(tmp_path):
+  model_dir = tmp_path / "run"
+  proc = _subprocess(_train_args(model_dir, 100000, 100000))
+  metrics = model_dir / "metrics.jsonl"
+  deadline = time.time() + 240
+  while proc.poll() is None and time.time() < deadline:
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == 0, proc.stderr.read()[-3000:]
+  saved = sorted(int(p.stem.rsplit("_", 1)[1])
+                 for p in (model_dir / "prompts").glob("prompt_step_*.npy"))
+  assert len(saved) == 1 and 3 <= saved[0] < 100000
+
+
+def test_gin_typo_is_one_clear_line(tmp_path, capsys):
+  code = main_lib.main(_train_args(tmp_path, 3, 3) +
+                       ["--gin.train_lib.train.totl_steps=3"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2
+  assert len(err) == 1 and "totl_steps" in err[0], err
+
+
+def test_unknown_task_is_one_clear_line(tmp_path, capsys):
+  code = main_lib.main(_train_args(tmp_path, 3, 3) +
+                       ["--gin.MIXTURE_OR_TASK_NAME='sst3_v100'"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2
+  assert len(err) == 1 and "sst3_v100" in err[0], err
