@@ -17,8 +17,12 @@ $(VENV)/.installed: pyproject.toml
 test: venv
 	$(VPY) -m pytest -n 2 tests
 
+# Main job: train a soft prompt on SST-2 (tiny random T5), then evaluate it.
+DEMO := --gin_file=demo/sst2_tiny.gin
 run: venv
-	$(VPY) -m prompt_jax.score --demo
+	rm -rf runs/demo_sst2_tiny
+	$(VPY) -m prompt_jax.main --mode=train --gin_file=runs/prompt_train.gin $(DEMO)
+	$(VPY) -m prompt_jax.main --mode=eval --gin_file=runs/prompt_eval.gin $(DEMO)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -5,10 +5,20 @@ Library modules carry no gin decorators; configs bind them through
 imported here before parsing, so late imports cannot break a parse.
 """
 
+import logging
 import pathlib
 from typing import Sequence
 
 import gin
+
+
+class _QuietSearchPathMisses(logging.Filter):
+  """Drops gin's 'Path not found' ERRORs logged while it tries each search
+  path for an include (a real miss still fails the parse)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Path not found")
+
 
 GIN_CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin_configs"
 
@@ -30,16 +40,19 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
     ValueError: one line naming the file or binding that failed to parse.
   """
   import_configurables()
+  if not any(isinstance(f, _QuietSearchPathMisses)
+             for f in logging.getLogger().filters):
+    logging.getLogger().addFilter(_QuietSearchPathMisses())
   gin.clear_config()  # A process may run several entry points (tests).
   gin.add_config_file_search_path(str(GIN_CONFIGS_DIR))
   try:
     gin.parse_config_files_and_bindings(
         [resolve_path(f) for f in gin_files], list(bindings),
         finalize_config=False)
+    gin.finalize()  # Checks that every %gin.REQUIRED macro is bound.
   except (ValueError, KeyError, IOError, SyntaxError) as e:
     message = " ".join(str(e).split())
     raise ValueError(f"gin config error: {message}") from None
-  gin.finalize()
 
 
 def resolve_path(gin_file: str) -> str:

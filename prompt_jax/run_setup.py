@@ -92,12 +92,29 @@ def _overrides(raw: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
+_SIZE_FIELDS = ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim",
+                "num_encoder_layers", "num_decoder_layers")
+
+
+def check_size(loaded: config_lib.T5Config, expected: config_lib.T5Config,
+               path: str, preset: str) -> None:
+  """One-line error when a checkpoint is not the size the config names."""
+  diffs = [f"{f} {getattr(loaded, f)} != {getattr(expected, f)}"
+           for f in _SIZE_FIELDS if getattr(loaded, f) != getattr(expected, f)]
+  if diffs:
+    raise ValueError(f"backbone {path} is not a {preset} checkpoint: "
+                     + ", ".join(diffs) + " (use the matching models/*.gin)")
+
+
 def load_frozen(cfg: BackboneConfig, mesh, rules
                 ) -> tuple[config_lib.T5Config, PyTree]:
   """Loads or initialises the backbone params, placed in their shardings."""
   overrides = _overrides(cfg.overrides)
   if cfg.path is not None:
     t5_cfg, params = loading.load_backbone(cfg.path, **overrides)
+    if cfg.preset is not None:
+      check_size(t5_cfg, config_lib.preset(cfg.preset, **overrides),
+                 cfg.path, cfg.preset)
     module = network.T5Transformer(t5_cfg)
     shardings = partitioning.param_shardings(
         partitioning.abstract_variables(module)["params"], mesh, rules)

@@ -45,7 +45,14 @@ def _check_finite(step: int, metrics: dict[str, float], prompt) -> None:
 def _restore_or_init(ckpt, trainer, seed: int):
   if ckpt.latest_step() is None:
     return trainer.init_state(jax.random.key(seed)), 0
-  state, position = ckpt.restore(trainer.abstract_state())
+  try:
+    state, position = ckpt.restore(trainer.abstract_state())
+  except (ValueError, KeyError) as e:
+    raise ValueError(
+        f"checkpoint {ckpt.model_dir / 'checkpoints'} step "
+        f"{ckpt.latest_step()} does not match this model and prompt "
+        f"(P={trainer.model.prompt_length}, H={trainer.model.config.emb_dim}"
+        f"): {' '.join(str(e).split())[:300]}") from None
   _LOG.info("resumed from step %d", int(state.step))
   return state, int(position["batches"])
 

@@ -16,7 +16,10 @@ import time
 import numpy as np
 import pytest
 
+from prompt_jax import data as data_lib
+from prompt_jax import infer as infer_lib
 from prompt_jax import main as main_lib
+from prompt_jax import run_setup
 
 COMMON = [
     "--gin_file=models/t5_1_1_tiny.gin",
@@ -25,6 +28,13 @@ COMMON = [
     "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}",
     "--gin.PROMPT_LENGTH=8",
 ]
+
+
+def _tiny_backbone() -> run_setup.BackboneConfig:
+  """The backbone of models/t5_1_1_tiny.gin, built in Python."""
+  return run_setup.BackboneConfig(preset="t5_1_1_tiny", overrides={
+      "vocab_size": 32128, "emb_dim": 64, "num_heads": 4, "head_dim": 16,
+      "mlp_dim": 128})
 
 
 def _train_args(model_dir, steps, save_every, log_every=1):
@@ -75,6 +85,18 @@ def test_train_then_eval_then_infer(tmp_path):
   assert len(written) == 2 == len(rows)
   assert all("prediction" in r and len(r["prediction_ids"]) <= 4
              for r in written)
+  assert list((tmp_path / "run" / "tb" / "train").glob("events.out.*"))
+
+  # Scores for a task split, through the library entry point directly.
+  scored = infer_lib.infer(
+      model_dir=model_dir, backbone=_tiny_backbone(),
+      prompt=run_setup.PromptConfig(length=8), output_file=str(
+          tmp_path / "scores.jsonl"), mode="score",
+      dataset_cfg=data_lib.DatasetConfig(
+          "sst2_v100", {"inputs": 32, "targets": 4}, "validation", 64))
+  assert len(scored) == 872
+  assert all(r["score"] < 0 and r["targets"] in ("negative", "positive")
+             for r in scored)
 
 
 def _subprocess(args, **kwargs):

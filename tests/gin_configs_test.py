@@ -1,0 +1,73 @@
+"""Every gin file parses, with its required macros bound, and builds."""
+
+import pathlib
+
+import gin
+import pytest
+
+from prompt_jax import gin_utils
+from prompt_jax import run_setup
+
+CONFIGS = gin_utils.GIN_CONFIGS_DIR
+MODELS = sorted(p.name for p in (CONFIGS / "models").glob("*.gin"))
+PROMPTS = sorted(p.name for p in (CONFIGS / "prompts").glob("*.gin"))
+RUNS = sorted(p.name for p in (CONFIGS / "runs").glob("*.gin"))
+
+REQUIRED = {
+    "prompt_train.gin": ["MODEL_DIR='/tmp/x'", "TRAIN_STEPS=10",
+                         "MIXTURE_OR_TASK_NAME='sst2_v100'",
+                         "TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 4}"],
+    "prompt_eval.gin": ["MODEL_DIR='/tmp/x'",
+                        "MIXTURE_OR_TASK_NAME='sst2_v100'",
+                        "TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 4}"],
+    "prompt_infer.gin": ["MODEL_DIR='/tmp/x'", "OUTPUT_FILE='/tmp/x.jsonl'"],
+    "class_labels.gin": ["CLASS_LABELS=['negative', 'positive']"],
+    "text.gin": ["PROMPT_TEXT='Is it positive?'"],
+    "from_file.gin": ["PROMPT_INIT_FILE='/tmp/p.npy'"],
+}
+
+
+def test_every_file_is_covered():
+  assert {"prompt_train.gin", "prompt_eval.gin", "prompt_infer.gin"} <= set(
+      RUNS)
+  assert {f"t5_1_1_{s}.gin" for s in
+          ("tiny", "small", "base", "large", "xl", "xxl")} <= set(MODELS)
+  assert {"random.gin", "sampled_vocab.gin", "class_labels.gin", "text.gin",
+          "from_file.gin"} <= set(PROMPTS)
+
+
+def _parse(run: str, model: str, prompt: str) -> None:
+  files = [f"runs/{run}", f"models/{model}", f"prompts/{prompt}"]
+  bindings = REQUIRED.get(run, []) + REQUIRED.get(prompt, [])
+  gin_utils.parse(files, bindings)
+
+
+@pytest.mark.parametrize("run", RUNS)
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_run_and_prompt_files_parse_and_build(run, prompt):
+  _parse(run, "t5_1_1_tiny.gin", prompt)
+  prompt_cfg = gin.get_configurable(run_setup.PromptConfig)()
+  assert prompt_cfg.length == 100
+  assert callable(prompt_cfg.init)
+  for macro in ("MODEL_DIR",):
+    assert gin.query_parameter(f"%{macro}") == "/tmp/x"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_model_files_name_their_preset(model):
+  _parse("prompt_train.gin", model, "random.gin")
+  backbone = gin.get_configurable(run_setup.BackboneConfig)()
+  assert backbone.path is None
+  assert backbone.preset == pathlib.Path(model).stem
+
+
+def test_missing_required_macro_fails_clearly():
+  with pytest.raises(ValueError, match="gin config error: MODEL_DIR.*"
+                     "gin.REQUIRED` but not subsequently overridden"):
+    gin_utils.parse(["runs/prompt_train.gin", "models/t5_1_1_tiny.gin",
+                     "prompts/random.gin"], [])
+
+
+def test_missing_file_is_one_line():
+  with pytest.raises(ValueError, match="no file runs/nope.gin"):
+    gin_utils.parse(["runs/nope.gin"], [])

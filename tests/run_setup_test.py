@@ -1,0 +1,81 @@
+"""Backbone loading for runs: the checkpoint's weights, sharded, strictly."""
+
+import flax
+import jax
+import numpy as np
+import optax
+import pytest
+
+from prompt_jax import checkpoints
+from prompt_jax import data as data_lib
+from prompt_jax import run_setup
+from prompt_jax import testing
+from prompt_jax import train as train_lib
+from prompt_jax.prompts import specs
+from prompt_jax.t5 import loading
+from prompt_jax.t5 import network
+
+
+def _hf_dir(tmp_path, **overrides):
+  cfg = testing.tiny_t5_config(vocab_size=32128, emb_dim=32, num_heads=4,
+                               head_dim=8, mlp_dim=64, **overrides)
+  tokens = np.ones((1, 2), np.int32)
+  params = flax.core.meta.unbox(network.T5Transformer(cfg).init(
+      jax.random.key(7), tokens, tokens)["params"])
+  path = tmp_path / "backbone"
+  loading.save_hf_dir(path, cfg, params)
+  return str(path), cfg, params
+
+
+def test_backbone_equals_the_checkpoint_and_is_sharded(tmp_path):
+  path, cfg, params = _hf_dir(tmp_path)
+  run = run_setup.build_run(
+      backbone=run_setup.BackboneConfig(path=path),
+      prompt=run_setup.PromptConfig(length=4, init=specs.sampled_vocab()),
+      mesh_cfg=run_setup.MeshConfig(data=2, model=4))
+  assert run.config == cfg
+  jax.tree.map(np.testing.assert_array_equal, params,
+               jax.tree.map(np.asarray, run.frozen))
+  wi = run.frozen["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
+  assert wi.addressable_shards[0].data.shape == (32, 64 // 4)
+  # The sampled-vocab prompt rows are rows of the loaded embedding table.
+  prompt = np.asarray(run.model.init_trainable(jax.random.key(0))
+                      ["prompt"]["prompt"])
+  table = params["token_embedder"]["embedding"][:5000]
+  assert all((np.abs(table - row).sum(-1) == 0).any() for row in prompt)
+
+
+def test_checkpoint_of_another_size_is_one_line(tmp_path):
+  path, _, _ = _hf_dir(tmp_path)
+  with pytest.raises(ValueError, match=r"is not a t5_1_1_small checkpoint: "
+                     r"emb_dim 32 != 512"):
+    run_setup.build_run(
+        backbone=run_setup.BackboneConfig(path=path, preset="t5_1_1_small"),
+        prompt=run_setup.PromptConfig(length=4))
+
+
+def test_missing_backbone_dir_is_clear(tmp_path):
+  with pytest.raises(FileNotFoundError, match="nope"):
+    run_setup.build_run(
+        backbone=run_setup.BackboneConfig(path=str(tmp_path / "nope")),
+        prompt=run_setup.PromptConfig(length=4))
+
+
+def test_nan_stops_with_step_and_saves_nothing_corrupt(tmp_path):
+  import tasks  # pylint: disable=g-import-not-at-top,unused-import
+  cfg = data_lib.DatasetConfig("sst2_v100", {"inputs": 16, "targets": 4},
+                               "train", batch_size=8)
+  with pytest.raises(train_lib.NonFiniteLossError, match="at step 1;"):
+    train_lib.train(
+        model_dir=str(tmp_path / "run"),
+        backbone=run_setup.BackboneConfig(
+            preset="t5_1_1_tiny", overrides={"vocab_size": 32128}),
+        prompt=run_setup.PromptConfig(length=4, init=specs.random_uniform()),
+        train_dataset_cfg=cfg, optimizer=optax.scale(float("nan")),
+        total_steps=5,
+        checkpoint_cfg=checkpoints.CheckpointConfig(save_every_steps=1),
+        log_every_steps=1)
+  ckpt = checkpoints.TrainCheckpointer(tmp_path / "run",
+                                       checkpoints.CheckpointConfig())
+  assert ckpt.latest_step() is None
+  assert not (tmp_path / "run" / "prompts").exists()
