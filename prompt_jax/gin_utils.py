@@ -62,8 +62,8 @@ def resolve_path(gin_file: str) -> str:
     return str(path)
   candidate = GIN_CONFIGS_DIR / path
   if not candidate.exists():
-    raise ValueError(f"gin config error: no file {gin_file} (looked in the "
-                     f"working directory and {GIN_CONFIGS_DIR})")
+    raise ValueError(f"no file {gin_file} (looked in the working directory "
+                     f"and {GIN_CONFIGS_DIR})")
   return str(candidate)
 
 
