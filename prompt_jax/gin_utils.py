@@ -28,7 +28,7 @@ def import_configurables() -> None:
   # pylint: disable=g-import-not-at-top,unused-import
   import tasks  # Registers seqio tasks (the only registration point).
   from prompt_jax import checkpoints, data, optim, run_setup, schedules
-  from prompt_jax import evaluate, infer, train
+  from prompt_jax import evaluate, infer, train, unseen_eval
   from prompt_jax.prompts import specs
   # pylint: enable=g-import-not-at-top,unused-import
 

@@ -1,7 +1,7 @@
 """Command line: `python -m prompt_jax.main --gin_file=... --gin.KEY=VALUE`.
 
 The only module with flags. It parses gin, writes the config to the model
-directory, and calls the chosen entry point (`--mode=train|eval|infer`)
+directory, and calls the chosen entry point (`--mode=train|eval|infer|unseen`)
 through `gin.get_configurable`, so the library stays gin-free. Expected
 errors (bad config, unknown task, wrong file) print one line and exit 2.
 """
@@ -20,7 +20,7 @@ def _parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   parser = argparse.ArgumentParser(prog="python -m prompt_jax.main")
   parser.add_argument("--gin_file", action="append", default=[],
                       help="gin file (repeatable); searched in gin_configs/")
-  parser.add_argument("--mode", choices=("train", "eval", "infer"),
+  parser.add_argument("--mode", choices=("train", "eval", "infer", "unseen"),
                       default="train")
   args, rest = parser.parse_known_args(argv)
   bindings = []
@@ -33,9 +33,9 @@ def _parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def _entry(mode: str):
   # pylint: disable=g-import-not-at-top
-  from prompt_jax import evaluate, infer, train
+  from prompt_jax import evaluate, infer, train, unseen_eval
   return {"train": train.train, "eval": evaluate.evaluate,
-          "infer": infer.infer}[mode]
+          "infer": infer.infer, "unseen": unseen_eval.evaluate_unseen}[mode]
 
 
 def run(argv: Sequence[str]) -> dict:
