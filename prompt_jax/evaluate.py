@@ -50,14 +50,17 @@ def decode_metrics(predictor: predicting.Predictor, trainable, frozen,
 
 def _write(out_dir: pathlib.Path, name: str, metrics: dict,
            outputs: dict) -> None:
+  """Writes metrics JSON and one line per example of each model output."""
   out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / f"{name}.json").write_text(json.dumps(metrics, indent=2,
                                                    default=float))
-  predictions = outputs.get("output", outputs.get("prediction", []))
   with open(out_dir / f"{name}_predictions.jsonl", "w",
             encoding="utf-8") as f:
-    for row in predictions:
-      f.write(json.dumps(row, default=str) + "\n")
+    for output_type, values in outputs.items():
+      kind = seqio.metrics.ModelOutputType.to_str(output_type)
+      for index, value in enumerate(values):
+        value = value.tolist() if hasattr(value, "tolist") else value
+        f.write(json.dumps({"index": index, kind: value}, default=str) + "\n")
 
 
 def evaluate(*, model_dir: str, backbone: run_setup.BackboneConfig,

@@ -71,6 +71,10 @@ def test_train_then_eval_then_infer(tmp_path):
   with open(os.path.join(model_dir, "eval/sst2_v100.json"),
             encoding="utf-8") as f:
     assert json.load(f)["accuracy"] == metrics["sst2_v100"]["accuracy"]
+  with open(os.path.join(model_dir, "eval/sst2_v100_predictions.jsonl"),
+            encoding="utf-8") as f:
+    predictions = [json.loads(line) for line in f]
+  assert len(predictions) == 872 and "prediction" in predictions[0]
 
   inputs = tmp_path / "in.jsonl"
   inputs.write_text('{"inputs": "sst2 sentence: a great movie"}\n'
