@@ -21,10 +21,17 @@ Conventions shared by all searches:
   the raw logits, no temperature or filtering), summed over the generated
   tokens up to and including EOS. Beam search divides that sum by the T5X
   brevity penalty `((5 + length) / 6) ** alpha`.
+* Optional `constraint` (a `LogitsConstraint`, e.g.
+  `prompt_jax.constrained_decoding.SpanConstraint`): tokens it does not allow
+  get -inf before the choice (greedy, sampling: renormalised over the allowed
+  set) or before ranking (beam search). Scores stay the model's own,
+  unrenormalised log-probs, so a constrained beam search looks for the most
+  likely allowed sequence. Its state is carried in the loop and, in beam
+  search, expanded and gathered by beam like the cache.
 """
 
 import functools
-from typing import Callable
+from typing import Callable, Protocol
 
 import flax.struct
 import jax
@@ -41,6 +48,33 @@ TokensToLogits = Callable[[Array, PyTree], tuple[Array, PyTree]]
 
 # Temperatures at or below this pick the argmax: dividing by ~0 overflows.
 MIN_TEMPERATURE = 1e-4
+
+
+class LogitsConstraint(Protocol):
+  """A jittable automaton deciding which tokens may come next, per row.
+
+  State leaves lead with the batch (the cache contract), so beam search can
+  expand and gather them; the constraint itself must be a pytree (or
+  hashable) to pass through `jax.jit`.
+  """
+
+  def init_state(self) -> PyTree:
+    """State before the first token, leaves [B, ...]."""
+
+  def allowed(self, state: PyTree, vocab_size: int) -> Array:
+    """[B', V] bool: tokens allowed next (at least one per row)."""
+
+  def update(self, state: PyTree, tokens: Array) -> PyTree:
+    """State after appending tokens [B'] to each row."""
+
+
+def _mask_disallowed(values: Array, constraint: LogitsConstraint | None,
+                     state: PyTree) -> Array:
+  """values [B, V] with -inf where the constraint forbids the token."""
+  if constraint is None:
+    return values
+  return jnp.where(constraint.allowed(state, values.shape[-1]), values,
+                   -jnp.inf)
 
 
 def brevity_penalty(alpha: float | Array, length: int | Array) -> Array:
@@ -124,12 +158,15 @@ class _SampleState:
   done: Array     # [B] whether EOS was emitted.
   scores: Array   # [B] summed model log-probs of the generated tokens.
   cache: PyTree
+  constraint_state: PyTree = None  # None without a constraint.
 
 
 def _sample_loop(tokens_to_logits: TokensToLogits, cache: PyTree,
                  batch_size: int, max_decode_length: int,
                  choose_fn: Callable[[Array, Array], Array], *, eos_id: int,
-                 start_id: int, pad_id: int) -> tuple[Array, Array]:
+                 start_id: int, pad_id: int,
+                 constraint: LogitsConstraint | None = None
+                 ) -> tuple[Array, Array]:
   """Shared loop of greedy and sampling; `choose_fn(logits, step) -> [B]`."""
   init = _SampleState(
       step=jnp.zeros((), jnp.int32),
@@ -137,7 +174,9 @@ def _sample_loop(tokens_to_logits: TokensToLogits, cache: PyTree,
       seqs=jnp.full((batch_size, max_decode_length), pad_id, jnp.int32),
       done=jnp.zeros((batch_size,), bool),
       scores=jnp.zeros((batch_size,), jnp.float32),
-      cache=cache)
+      cache=cache,
+      constraint_state=(None if constraint is None
+                        else constraint.init_state()))
 
   def cond(s: _SampleState) -> Array:
     return (s.step < max_decode_length) & ~jnp.all(s.done)
@@ -145,7 +184,8 @@ def _sample_loop(tokens_to_logits: TokensToLogits, cache: PyTree,
   def body(s: _SampleState) -> _SampleState:
     logits, cache = tokens_to_logits(s.last[:, None], s.cache)
     logits = logits.astype(jnp.float32)
-    token = jnp.where(s.done, pad_id, choose_fn(logits, s.step))
+    allowed_logits = _mask_disallowed(logits, constraint, s.constraint_state)
+    token = jnp.where(s.done, pad_id, choose_fn(allowed_logits, s.step))
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     token_lp = jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
     return _SampleState(
@@ -153,7 +193,9 @@ def _sample_loop(tokens_to_logits: TokensToLogits, cache: PyTree,
         seqs=s.seqs.at[:, s.step].set(token),
         done=s.done | (token == eos_id),
         scores=s.scores + jnp.where(s.done, 0.0, token_lp),
-        cache=cache)
+        cache=cache,
+        constraint_state=(None if constraint is None else
+                          constraint.update(s.constraint_state, token)))
 
   final = jax.lax.while_loop(cond, body, init)
   return final.seqs, final.scores
@@ -161,7 +203,9 @@ def _sample_loop(tokens_to_logits: TokensToLogits, cache: PyTree,
 
 def greedy_search(tokens_to_logits: TokensToLogits, cache: PyTree, *,
                   batch_size: int, max_decode_length: int, eos_id: int,
-                  start_id: int = 0, pad_id: int = 0) -> tuple[Array, Array]:
+                  start_id: int = 0, pad_id: int = 0,
+                  constraint: LogitsConstraint | None = None
+                  ) -> tuple[Array, Array]:
   """Picks the argmax token at each step.
 
   Args:
@@ -173,13 +217,15 @@ def greedy_search(tokens_to_logits: TokensToLogits, cache: PyTree, *,
     eos_id: end-of-sequence id.
     start_id: token fed at the first step.
     pad_id: token written after EOS.
+    constraint: optional; picks the argmax over the allowed tokens.
 
   Returns:
     (tokens [B, L] int32, scores [B] summed log-probs).
   """
   choose = lambda logits, step: jnp.argmax(logits, -1).astype(jnp.int32)
   return _sample_loop(tokens_to_logits, cache, batch_size, max_decode_length,
-                      choose, eos_id=eos_id, start_id=start_id, pad_id=pad_id)
+                      choose, eos_id=eos_id, start_id=start_id, pad_id=pad_id,
+                      constraint=constraint)
 
 
 def temperature_sample(tokens_to_logits: TokensToLogits, cache: PyTree,
@@ -187,7 +233,9 @@ def temperature_sample(tokens_to_logits: TokensToLogits, cache: PyTree,
                        max_decode_length: int, eos_id: int,
                        temperature: float | Array = 1.0, top_k: int = 0,
                        top_p: float | None = None, start_id: int = 0,
-                       pad_id: int = 0) -> tuple[Array, Array]:
+                       pad_id: int = 0,
+                       constraint: LogitsConstraint | None = None
+                       ) -> tuple[Array, Array]:
   """Samples each token; the key of step i is `fold_in(rng, i)`.
 
   Args:
@@ -203,6 +251,7 @@ def temperature_sample(tokens_to_logits: TokensToLogits, cache: PyTree,
     top_p: nucleus threshold (None or 1.0: off).
     start_id: token fed at the first step.
     pad_id: token written after EOS.
+    constraint: optional; samples among the allowed tokens only.
 
   Returns:
     (tokens [B, L] int32, scores [B] summed untempered model log-probs).
@@ -211,7 +260,8 @@ def temperature_sample(tokens_to_logits: TokensToLogits, cache: PyTree,
     return sample_token(logits, jax.random.fold_in(rng, step),
                         temperature=temperature, top_k=top_k, top_p=top_p)
   return _sample_loop(tokens_to_logits, cache, batch_size, max_decode_length,
-                      choose, eos_id=eos_id, start_id=start_id, pad_id=pad_id)
+                      choose, eos_id=eos_id, start_id=start_id, pad_id=pad_id,
+                      constraint=constraint)
 
 
 # Beam search -----------------------------------------------------------------
@@ -252,10 +302,12 @@ class _BeamState:
   fin_seqs: Array       # [B, K, L] finished hypotheses, best first.
   fin_scores: Array     # [B, K] their length-penalised scores (-inf: empty).
   cache: PyTree         # leaves [B * K, ...], aligned with alive_seqs.
+  constraint_state: PyTree = None  # Like cache; None without a constraint.
 
 
 def _beam_init(cache: PyTree, batch_size: int, num_beams: int,
-               max_decode_length: int, pad_id: int) -> _BeamState:
+               max_decode_length: int, pad_id: int,
+               constraint: LogitsConstraint | None = None) -> _BeamState:
   # Only beam 0 is live at first, so the K copies do not repeat hypotheses.
   alive_lp = jnp.full((batch_size, num_beams), -jnp.inf).at[:, 0].set(0.0)
   seqs = jnp.full((batch_size, num_beams, max_decode_length), pad_id,
@@ -263,7 +315,9 @@ def _beam_init(cache: PyTree, batch_size: int, num_beams: int,
   return _BeamState(
       step=jnp.zeros((), jnp.int32), alive_seqs=seqs, alive_lp=alive_lp,
       fin_seqs=seqs, fin_scores=jnp.full((batch_size, num_beams), -jnp.inf),
-      cache=expand_beams(cache, num_beams))
+      cache=expand_beams(cache, num_beams),
+      constraint_state=(None if constraint is None else
+                        expand_beams(constraint.init_state(), num_beams)))
 
 
 def _beam_cond(s: _BeamState, alpha: float | Array,
@@ -289,13 +343,16 @@ def _top(values: Array, k: int, *arrays: Array) -> tuple[Array, ...]:
 
 def _beam_body(s: _BeamState, tokens_to_logits: TokensToLogits,
                alpha: float | Array, eos_id: int, start_id: int,
-               max_decode_length: int) -> _BeamState:
+               max_decode_length: int,
+               constraint: LogitsConstraint | None = None) -> _BeamState:
   """Extends every live beam by every token and keeps the best K of each."""
   b, k, length = s.alive_seqs.shape
   prev = jnp.where(s.step == 0, start_id,
                    s.alive_seqs[:, :, jnp.maximum(s.step - 1, 0)])
   logits, cache = tokens_to_logits(prev.reshape(b * k, 1), s.cache)
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  log_probs = _mask_disallowed(
+      jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), constraint,
+      s.constraint_state)
   v = log_probs.shape[-1]
   # [B * K, V] -> [B, K * V] candidate totals.
   totals = (log_probs.reshape(b, k, v) + s.alive_lp[:, :, None]).reshape(b, -1)
@@ -312,17 +369,24 @@ def _beam_body(s: _BeamState, tokens_to_logits: TokensToLogits,
   fin_scores, _, fin_seqs = _top(
       jnp.concatenate([s.fin_scores, cand_scores], axis=1), k,
       jnp.concatenate([s.fin_seqs, cand_seqs], axis=1))
-  alive_lp, _, alive_seqs, alive_beam = _top(
-      jnp.where(is_eos, -jnp.inf, cand_lp), k, cand_seqs, cand_beam)
+  alive_lp, _, alive_seqs, alive_beam, alive_tok = _top(
+      jnp.where(is_eos, -jnp.inf, cand_lp), k, cand_seqs, cand_beam, cand_tok)
+  constraint_state = None
+  if constraint is not None:
+    constraint_state = constraint.update(
+        gather_beams(s.constraint_state, alive_beam), alive_tok.reshape(-1))
   return _BeamState(step=s.step + 1, alive_seqs=alive_seqs, alive_lp=alive_lp,
                     fin_seqs=fin_seqs, fin_scores=fin_scores,
-                    cache=gather_beams(cache, alive_beam))
+                    cache=gather_beams(cache, alive_beam),
+                    constraint_state=constraint_state)
 
 
 def beam_search(tokens_to_logits: TokensToLogits, cache: PyTree, *,
                 batch_size: int, max_decode_length: int, eos_id: int,
                 num_beams: int = 4, alpha: float | Array = 0.6,
-                start_id: int = 0, pad_id: int = 0) -> tuple[Array, Array]:
+                start_id: int = 0, pad_id: int = 0,
+                constraint: LogitsConstraint | None = None
+                ) -> tuple[Array, Array]:
   """Beam search with finished and alive hypothesis sets (as in T5X).
 
   Each step extends the K live beams by every token, takes the best 2K
@@ -347,17 +411,21 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: PyTree, *,
     alpha: brevity penalty exponent (0: plain log-likelihood).
     start_id: token fed at the first step.
     pad_id: token written after EOS.
+    constraint: optional; only allowed tokens extend a beam (its state is
+      built for B rows and expanded to B * K here).
 
   Returns:
     (tokens [B, K, L] int32, scores [B, K]), best first. Slots that hold no
     hypothesis (K larger than the number of distinct sequences) score -inf.
   """
-  init = _beam_init(cache, batch_size, num_beams, max_decode_length, pad_id)
+  init = _beam_init(cache, batch_size, num_beams, max_decode_length, pad_id,
+                    constraint)
   cond = functools.partial(_beam_cond, alpha=alpha,
                            max_decode_length=max_decode_length)
   body = functools.partial(_beam_body, tokens_to_logits=tokens_to_logits,
                            alpha=alpha, eos_id=eos_id, start_id=start_id,
-                           max_decode_length=max_decode_length)
+                           max_decode_length=max_decode_length,
+                           constraint=constraint)
   final = jax.lax.while_loop(cond, body, init)
   return final.fin_seqs, final.fin_scores
 

@@ -6,18 +6,31 @@ inside the traced function (a closure built outside would recompile on every
 call). It also adapts both to seqio's Evaluator (`seqio_predict_fn`,
 `seqio_score_fn`), which hands over an enumerated dataset and expects
 `(index, output)` pairs back.
+
+Constrained decoding: `constraint_fn(encoder_tokens [B, Ti]) ->
+decoding.LogitsConstraint` is called inside the compiled function, so the
+constraint may be built from the batch itself, e.g. SQuAD spans:
+
+  Predictor(..., constraint_fn=functools.partial(
+      constrained_decoding.span_constraint_after_marker,
+      marker_ids=vocab.encode("context:"), eos_id=1,
+      extra_sequences=[vocab.encode("unanswerable")]))
 """
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from prompt_jax import decoding
 from prompt_jax import partitioning
 from prompt_jax.model import PromptT5Model
 from prompt_jax.t5 import generation
 from prompt_jax.types import PyTree
+
+# encoder_tokens [B, Ti] -> a constraint for those B rows (traced).
+ConstraintFn = Callable[[jax.Array], decoding.LogitsConstraint]
 
 
 class Predictor:
@@ -33,23 +46,36 @@ class Predictor:
     num_beams: K for beam search.
     alpha: brevity penalty exponent for beam search.
     batch_size: rows per compiled call (padded with empty rows).
+    constraint_fn: optional `encoder_tokens [B, Ti] -> LogitsConstraint`
+      (traced inside the compiled call); predictions then hold only the
+      tokens it allows. None: unconstrained.
   """
 
   def __init__(self, model: PromptT5Model, mesh, rules,
                frozen_shardings: PyTree, *, max_decode_length: int,
                method: str = "greedy", num_beams: int = 4,
-               alpha: float = 0.6, batch_size: int = 32):
+               alpha: float = 0.6, batch_size: int = 32,
+               constraint_fn: ConstraintFn | None = None):
     self.model = model
     self.batch_size = _round_up(batch_size, mesh.shape[partitioning.DATA])
     replicated = NamedSharding(mesh, PartitionSpec())
     rows = NamedSharding(mesh, PartitionSpec(partitioning.DATA))
 
     def predict(trainable, frozen, encoder_tokens):
+      if hasattr(model, "generate"):  # A decoder-only model generates itself.
+        return model.generate(
+            trainable, frozen, encoder_tokens,
+            max_decode_length=max_decode_length, method=method,
+            num_beams=num_beams, alpha=alpha,
+            constraint=(None if constraint_fn is None
+                        else constraint_fn(encoder_tokens)))[0]
       return generation.generate(
           model.module, frozen, encoder_tokens,
           max_decode_length=max_decode_length, method=method,
           num_beams=num_beams, alpha=alpha,
-          seams=model.apply_kwargs(trainable)["seams"])[0]
+          seams=model.apply_kwargs(trainable)["seams"],
+          constraint=(None if constraint_fn is None
+                      else constraint_fn(encoder_tokens)))[0]
 
     def score(trainable, frozen, encoder_tokens, targets):
       return model.score_batch(trainable, frozen, encoder_tokens, targets)[0]

@@ -9,6 +9,15 @@ code; the trainer reaches them by name through `prompt_jax.data`.
 """
 
 from tasks import sentence_classification
+from tasks import metaicl
+from tasks import formats  # UnifiedQA generation + EFL entailment formats.
+from tasks import pet  # PET pattern-verbalizer pairs (rank classification).
+from tasks import squad  # SQuAD 2.0 span extraction.
+from tasks import mixtures  # After the task modules: mixtures name tasks.
 
 # Every registered task name, spelled out per module for grep.
-TASK_NAMES: tuple[str, ...] = sentence_classification.TASK_NAMES
+TASK_NAMES: tuple[str, ...] = (sentence_classification.TASK_NAMES
+                                + metaicl.TASK_NAMES
+                                + formats.TASK_NAMES
+                                + pet.TASK_NAMES
+                                + squad.TASK_NAMES)

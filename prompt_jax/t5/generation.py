@@ -107,7 +107,9 @@ def generate(model: T5Transformer, params: PyTree, encoder_tokens: Array, *,
              top_p: float | None = None, num_beams: int = 4,
              alpha: float | Array = 0.6, rng: Array | None = None,
              encoder_mask: Array | None = None,
-             seams: seams_lib.Seams | None = None) -> tuple[Array, Array]:
+             seams: seams_lib.Seams | None = None,
+             constraint: decoding.LogitsConstraint | None = None
+             ) -> tuple[Array, Array]:
   """Generates up to L tokens for each encoder input.
 
   Args:
@@ -125,6 +127,9 @@ def generate(model: T5Transformer, params: PyTree, encoder_tokens: Array, *,
     encoder_mask: [B, Ti], defaults to `encoder_tokens != pad_id`.
     seams: PEFT seams for encoder and decoder. Under beam search, per-example
       seam arrays must have batch 1 (broadcast over the B * K rows).
+    constraint: optional `decoding.LogitsConstraint` for B rows (a pytree,
+      e.g. `constrained_decoding.SpanConstraint`); only the tokens it allows
+      are generated.
 
   Returns:
     tokens [B, L] int32: generated ids including EOS, then pad (0); the
@@ -143,7 +148,8 @@ def generate(model: T5Transformer, params: PyTree, encoder_tokens: Array, *,
       encoder_mask=encoder_mask, seams=seams)
   common = dict(batch_size=encoder_tokens.shape[0],
                 max_decode_length=max_decode_length, eos_id=cfg.eos_id,
-                start_id=cfg.decoder_start_id, pad_id=cfg.pad_id)
+                start_id=cfg.decoder_start_id, pad_id=cfg.pad_id,
+                constraint=constraint)
   if method == "greedy":
     return decoding.greedy_search(step, cache, **common)
   if method == "sample":
