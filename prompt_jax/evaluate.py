@@ -5,8 +5,19 @@ of a run directory, or a given file), then reports teacher-forced loss and
 token accuracy plus seqio's decode-based task metrics (per task of a
 mixture). Writes `eval/<task>.json` and `eval/<task>_predictions.jsonl`
 under the model directory. Gin-free; `main.py --mode=eval` binds it.
+
+`span_constraint=True` decodes only spans of the passage after "context:"
+in each input, or "unanswerable" (`tasks.squad`), e.g. for
+`squad_v2_span_v100`:
+
+  evaluate(model_dir=..., backbone=..., prompt=...,
+           dataset_cfg=DatasetConfig("squad_v2_span_v100",
+                                     {"inputs": 512, "targets": 32},
+                                     "test_from_val", 32),
+           span_constraint=True)
 """
 
+import functools
 import json
 import pathlib
 from typing import Any
@@ -15,11 +26,14 @@ import jax
 import seqio
 
 from prompt_jax import checkpoints
+from prompt_jax import constrained_decoding
 from prompt_jax import data as data_lib
 from prompt_jax import evaluation
 from prompt_jax import predicting
 from prompt_jax import run_setup
 from prompt_jax import trainer as trainer_lib
+from tasks import squad
+from tasks import vocab
 
 
 def load_trainable(run: run_setup.Run, model_dir: str,
@@ -29,6 +43,16 @@ def load_trainable(run: run_setup.Run, model_dir: str,
   shape = (run.model.prompt_length, run.config.emb_dim)
   prompt = checkpoints.load_prompt(path, shape)
   return {"prompt": {"prompt": jax.numpy.asarray(prompt)}}
+
+
+def span_constraint_fn() -> predicting.ConstraintFn:
+  """The `Predictor` constraint: a passage span (after "context:") or
+  "unanswerable" (`tasks.squad`), then EOS."""
+  return functools.partial(
+      constrained_decoding.span_constraint_after_marker,
+      marker_ids=squad.context_marker_ids(),
+      eos_id=vocab.t5_vocabulary().eos_id,
+      extra_sequences=[squad.no_answer_ids()])
 
 
 def decode_metrics(predictor: predicting.Predictor, trainable, frozen,
@@ -69,9 +93,13 @@ def evaluate(*, model_dir: str, backbone: run_setup.BackboneConfig,
              prompt_file: str | None = None,
              mesh_cfg: run_setup.MeshConfig = run_setup.MeshConfig(),
              max_decode_length: int | None = None,
-             decode_method: str = "greedy", num_beams: int = 4
-             ) -> dict[str, Any]:
-  """Evaluates a prompt; returns {task: metrics} plus 'teacher_forced'."""
+             decode_method: str = "greedy", num_beams: int = 4,
+             span_constraint: bool = False) -> dict[str, Any]:
+  """Evaluates a prompt; returns {task: metrics} plus 'teacher_forced'.
+
+  `span_constraint`: decode with `span_constraint_fn()` (span-extraction
+  tasks such as squad_v2_span_v100; see the module docs).
+  """
   run = run_setup.build_run(backbone=backbone, prompt=prompt,
                             mesh_cfg=mesh_cfg)
   trainable = load_trainable(run, model_dir, prompt_file)
@@ -85,7 +113,8 @@ def evaluate(*, model_dir: str, backbone: run_setup.BackboneConfig,
       max_decode_length=(max_decode_length or
                          dataset_cfg.task_feature_lengths["targets"]),
       method=decode_method, num_beams=num_beams,
-      batch_size=dataset_cfg.batch_size)
+      batch_size=dataset_cfg.batch_size,
+      constraint_fn=span_constraint_fn() if span_constraint else None)
   metrics, outputs = decode_metrics(predictor, trainable, run.frozen,
                                     dataset_cfg)
   out_dir = pathlib.Path(model_dir) / "eval"

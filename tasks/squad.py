@@ -17,6 +17,14 @@ Splits: `validation` = the whole file; `train_from_val` / `test_from_val`
 `paragraph_idx`, salt `squad/v2/from_val/v1`, half of the paragraphs each,
 so no passage is in both), for users who want to train on part of it.
 
+TFDS (`squad_source(source="tfds")`): TFDS `squad/v2.0:3.0.0` (splits
+`train`, `validation`: the full official sets), mapped onto the same schema
+by `map_tfds_example`: `answers/text` → `answers`, `is_impossible` bool →
+int64, and, as TFDS has no row or paragraph index, `idx` / `paragraph_idx`
+= a stable 63-bit fingerprint of `id` / `context` (same passage, same
+`paragraph_idx`). `plausible_answers` and `answer_start` are dropped. The
+registered task stays on the local file.
+
 Task `squad_v2_span_v100` (first validation row):
 
   inputs:  `question: In what country is Normandy located? context: The
@@ -52,6 +60,7 @@ import tensorflow as tf
 
 from tasks import metrics as metrics_lib
 from tasks import sources
+from tasks import tfds_sources
 from tasks import vocab
 
 SQUAD_V2_TASK = "squad_v2_span_v100"
@@ -72,6 +81,11 @@ SHUFFLE_BUFFER_SIZE = 10_000
 _SCALARS = {"idx": tf.int64, "id": tf.string, "title": tf.string,
             "paragraph_idx": tf.int64, "context": tf.string,
             "question": tf.string, "is_impossible": tf.int64}
+# The examples of either source (`squad_source`).
+ELEMENT_SPEC = {**{k: tf.TensorSpec([], d) for k, d in _SCALARS.items()},
+                "answers": tf.TensorSpec([None], tf.string)}
+TFDS_NAME = "squad/v2.0:3.0.0"
+TFDS_SPLITS = ("train", "validation")
 
 
 # ------------------------------- reading ----------------------------------
@@ -227,12 +241,55 @@ class SquadSource(seqio.DataSource):
         tf.constant([a for row in answers for a in row], tf.string,
                     shape=[sum(map(len, answers))]),
         tf.constant([len(row) for row in answers], tf.int64))
-    ds = tf.data.Dataset.from_tensor_slices(features)
+    # The map makes `answers` a dense [n] vector, as from TFDS.
+    ds = tf.data.Dataset.from_tensor_slices(features).map(dict)
     if shard_info is not None and shard_info.num_shards > 1:
       ds = ds.shard(shard_info.num_shards, shard_info.index)
     if shuffle:
       ds = ds.shuffle(len(answers), seed=seed)
     return ds
+
+
+def map_tfds_example(ex: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  """Maps a TFDS `squad/v2.0` example onto the local schema (module docs).
+
+  Example:
+    {"id": "56dd", "title": "Normans", "context": "The Normans ...",
+     "question": "In what country ...?", "is_impossible": False,
+     "answers": {"text": ["France"], "answer_start": [159]},
+     "plausible_answers": {...}}
+    → {"idx": fp("56dd"), "id": "56dd", "title": "Normans",
+       "paragraph_idx": fp("The Normans ..."), "context": "The Normans ...",
+       "question": "In what country ...?", "is_impossible": 0,
+       "answers": ["France"]}   (fp: a 63-bit string fingerprint)
+  """
+  def fingerprint(text: tf.Tensor) -> tf.Tensor:
+    return tf.strings.to_hash_bucket_fast(text, 2**63 - 1)
+
+  return {"idx": fingerprint(ex["id"]), "id": ex["id"],
+          "title": ex["title"], "paragraph_idx": fingerprint(ex["context"]),
+          "context": ex["context"], "question": ex["question"],
+          "is_impossible": tf.cast(ex["is_impossible"], tf.int64),
+          "answers": tf.reshape(ex["answers"]["text"], [-1])}
+
+
+def squad_source(source: str = "local", *,
+                 root: str | os.PathLike[str] | None = None,
+                 tfds_data_dir: str | None = None) -> seqio.DataSource:
+  """The SQuAD 2.0 source: "local" (`SquadSource`) or "tfds" (module docs).
+
+  Both yield `ELEMENT_SPEC` examples. Nothing is read or downloaded until
+  `get_dataset` (TFDS: may download and prepare, like `tfds.load`).
+
+  Raises:
+    ValueError: (one line) a source other than "local" or "tfds".
+  """
+  sources.check_source_name(source)
+  if source == "local":
+    return SquadSource(root=root)
+  inner = seqio.TfdsDataSource(TFDS_NAME, tfds_data_dir=tfds_data_dir,
+                               splits=TFDS_SPLITS)
+  return tfds_sources.MappedSource(inner, map_tfds_example)
 
 
 # ------------------------ formatting and metrics ---------------------------
@@ -333,4 +390,4 @@ def register_squad_task(name: str, source: seqio.DataSource) -> None:
   )
 
 
-register_squad_task(SQUAD_V2_TASK, SquadSource())
+register_squad_task(SQUAD_V2_TASK, squad_source("local"))
