@@ -46,7 +46,15 @@ _hide_gpus_from_tensorflow()
 
 FEATURE_KEYS = ("encoder_input_tokens", "decoder_input_tokens",
                 "decoder_target_tokens", "decoder_loss_weights")
+PREFIX_LM_KEYS = ("decoder_input_tokens", "decoder_target_tokens",
+                  "decoder_loss_weights", "decoder_causal_attention")
 Batch = dict[str, np.ndarray]
+
+_CONVERTERS = {
+    "enc_dec": lambda: seqio.EncDecFeatureConverter(pack=False),
+    "prefix_lm": lambda: seqio.PrefixLMFeatureConverter(
+        loss_on_targets_only=True, pack=False),
+}
 
 
 def text_feature_lengths(total_inputs_length: int, targets_length: int,
@@ -96,6 +104,10 @@ class DatasetConfig:
     pack: must stay False: packing is not supported with prompts.
     drop_remainder: drop a last partial batch (finite datasets only);
       ignored by `eval_batches`, which keeps every row.
+    feature_converter: 'enc_dec' (T5: `FEATURE_KEYS`) or 'prefix_lm'
+      (decoder-only: `PREFIX_LM_KEYS`, inputs then targets in one [B, Ti +
+      To] sequence, loss weights on the targets only; see
+      `prompt_jax.decoder_model`).
   """
 
   mixture_or_task_name: str
@@ -107,8 +119,13 @@ class DatasetConfig:
   use_cached: bool = False
   pack: bool = False
   drop_remainder: bool = True
+  feature_converter: str = "enc_dec"
 
   def __post_init__(self):
+    if self.feature_converter not in _CONVERTERS:
+      raise ValueError(
+          f"DatasetConfig.feature_converter={self.feature_converter!r};"
+          f" expected one of {sorted(_CONVERTERS)}.")
     if self.pack:
       raise ValueError(
           "DatasetConfig.pack=True is not supported with prompts: each packed"
@@ -158,8 +175,8 @@ def get_dataset(cfg: DatasetConfig, *, shard_id: int = 0, num_shards: int = 1,
       before shuffling, so the shuffle buffer spans epoch boundaries.
 
   Returns:
-    A deterministic `tf.data.Dataset` of dicts with `FEATURE_KEYS`, each
-    int32 [B / num_shards, L].
+    A deterministic `tf.data.Dataset` of dicts with `FEATURE_KEYS` (or
+    `PREFIX_LM_KEYS`), each int32 [B / num_shards, L].
 
   Raises:
     ValueError: (one line) for an unknown task/mixture or split, or a bad
@@ -182,7 +199,7 @@ def get_dataset(cfg: DatasetConfig, *, shard_id: int = 0, num_shards: int = 1,
       shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards),
       num_epochs=num_epochs,
   )
-  converter = seqio.EncDecFeatureConverter(pack=False)
+  converter = _CONVERTERS[cfg.feature_converter]()
   ds = converter(ds, dict(cfg.task_feature_lengths))
   ds = ds.batch(batch_size, drop_remainder=cfg.drop_remainder)
   options = tf.data.Options()
@@ -239,7 +256,7 @@ def _pad_rows(batch: Batch, batch_size: int) -> Batch:
 def _padded(ds: tf.data.Dataset,
             batch_size: int) -> Iterator[tuple[Batch, int]]:
   for batch in ds.as_numpy_iterator():
-    num_real = len(batch[FEATURE_KEYS[0]])
+    num_real = len(batch["decoder_target_tokens"])
     yield _pad_rows(batch, batch_size), num_real
 
 

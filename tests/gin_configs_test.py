@@ -5,6 +5,7 @@ import pathlib
 import gin
 import pytest
 
+from prompt_jax import data
 from prompt_jax import gin_utils
 from prompt_jax import run_setup
 
@@ -56,12 +57,30 @@ def test_run_and_prompt_files_parse_and_build(run, prompt):
     assert gin.query_parameter(f"%{macro}") == "/tmp/x"
 
 
+# Model files whose preset is not their file name, and default paths.
+PRESET_OF = {"decoder_tiny.gin": "tiny"}
+PATH_OF = {"smollm2_135m.gin": "smollm2"}
+DECODERS = ("decoder_tiny.gin", "smollm2_135m.gin")
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_model_files_name_their_preset(model):
   _parse("prompt_train.gin", model, "random.gin")
   backbone = gin.get_configurable(run_setup.BackboneConfig)()
-  assert backbone.path is None
-  assert backbone.preset == pathlib.Path(model).stem
+  assert backbone.path == PATH_OF.get(model)
+  assert backbone.preset == PRESET_OF.get(model, pathlib.Path(model).stem)
+  assert run_setup.backbone_kind(backbone) == (
+      "decoder" if model in DECODERS else "t5")
+
+
+@pytest.mark.parametrize("run", RUNS)
+@pytest.mark.parametrize("model", MODELS)
+def test_decoder_files_choose_the_prefix_lm_converter(run, model):
+  _parse(run, model, "sampled_vocab.gin")
+  with gin.config_scope("train"):
+    converter = gin.get_configurable(data.DatasetConfig)(
+        "t", {"inputs": 4, "targets": 2}, "train", 2).feature_converter
+  assert converter == ("prefix_lm" if model in DECODERS else "enc_dec")
 
 
 def test_missing_required_macro_fails_clearly():
@@ -74,3 +93,11 @@ def test_missing_required_macro_fails_clearly():
 def test_missing_file_is_one_line():
   with pytest.raises(ValueError, match="no file runs/nope.gin"):
     gin_utils.parse(["runs/nope.gin"], [])
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+@pytest.mark.parametrize("model", DECODERS)
+def test_decoder_files_parse_with_every_prompt(model, prompt):
+  for run in RUNS:
+    _parse(run, model, prompt)
+    assert callable(gin.get_configurable(run_setup.PromptConfig)().init)
