@@ -37,7 +37,6 @@ positions contiguous) and sums log p(target tokens).
 
 from typing import Any, Mapping
 
-import flax
 import jax
 import jax.numpy as jnp
 
@@ -93,7 +92,7 @@ def left_pad(tokens: Array, mask: Array) -> tuple[Array, Array]:
           jnp.take_along_axis(mask.astype(bool), src, axis=1))
 
 
-class PromptDecoderModel:
+class PromptDecoderModel(prompt_modules.SoftPromptTrainable):
   """Frozen decoder-only backbone + soft prompt of length P.
 
   Args:
@@ -120,21 +119,6 @@ class PromptDecoderModel:
     self.prompt_module = prompt_modules.Prompt(
         prompt_length, config.emb_dim,
         prompt_init or initializers.random_uniform())
-
-  # ------------------------------------------------------------ params --
-  def abstract_trainable(self) -> PyTree:
-    """Boxed abstract trainable tree (logical axes, no allocation)."""
-    return {"prompt": jax.eval_shape(self.prompt_module.init,
-                                     jax.random.key(0))["params"]}
-
-  def init_trainable(self, rng: PRNGKey) -> PyTree:
-    """Initial trainable tree `{'prompt': {'prompt': [P, H]}}` (eager)."""
-    variables = self.prompt_module.init(rng)
-    return {"prompt": flax.core.meta.unbox(variables["params"])}
-
-  def prompt_of(self, trainable: PyTree) -> Array:
-    """The [P, H] prompt inside a trainable tree."""
-    return trainable["prompt"]["prompt"]
 
   def _seams(self, trainable: PyTree | None) -> seams_lib.Seams:
     if trainable is None:  # The bare backbone (e.g. the scoring CLI).

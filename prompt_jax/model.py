@@ -15,7 +15,6 @@ Batches use seqio's `EncDecFeatureConverter` names: `encoder_input_tokens`
 import dataclasses
 from typing import Any, Mapping
 
-import flax
 import jax
 import jax.numpy as jnp
 
@@ -39,7 +38,7 @@ class LossConfig:
   normalize_by_tokens: bool = True
 
 
-class PromptT5Model:
+class PromptT5Model(prompt_modules.SoftPromptTrainable):
   """Frozen T5 backbone + soft prompt of length P on the encoder input.
 
   Args:
@@ -65,21 +64,6 @@ class PromptT5Model:
     self.prompt_module = prompt_modules.Prompt(
         prompt_length, config.emb_dim,
         prompt_init or initializers.random_uniform())
-
-  # ------------------------------------------------------------ params --
-  def abstract_trainable(self) -> PyTree:
-    """Boxed abstract trainable tree (logical axes, no allocation)."""
-    return {"prompt": jax.eval_shape(self.prompt_module.init,
-                                     jax.random.key(0))["params"]}
-
-  def init_trainable(self, rng: PRNGKey) -> PyTree:
-    """Initial trainable tree `{'prompt': {'prompt': [P, H]}}` (eager)."""
-    variables = self.prompt_module.init(rng)
-    return {"prompt": flax.core.meta.unbox(variables["params"])}
-
-  def prompt_of(self, trainable: PyTree) -> Array:
-    """The [P, H] prompt inside a trainable tree."""
-    return trainable["prompt"]["prompt"]
 
   def _seams(self, trainable: PyTree):
     return combine_lib.encoder_prompt_seams(self.prompt_of(trainable),

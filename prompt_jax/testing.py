@@ -66,3 +66,61 @@ def padded_batch(rng: np.random.RandomState, batch: int, length: int,
   if start_with_pad:
     ids[:, 0] = 0
   return ids
+
+
+def main_subprocess(args: list[str]):
+  """`python -m prompt_jax.main ARGS` as a child process (stderr piped)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  return subprocess.Popen([sys.executable, "-m", "prompt_jax.main", *args],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+
+
+def metric_rows(model_dir, split: str = "train") -> list[dict]:
+  """Rows of `model_dir/metrics.jsonl` for one split."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(model_dir, "metrics.jsonl"), encoding="utf-8") as f:
+    return [r for r in map(json.loads, f) if r["split"] == split]
+
+
+def kill_then_resume(train_args, root, steps: int, kill_after_step: int
+                     ) -> tuple[np.ndarray, np.ndarray, int]:
+  """SIGKILLs a training run once step `kill_after_step` is saved, resumes
+  it, and runs an uninterrupted twin.
+
+  Args:
+    train_args: `model_dir -> argv` for `prompt_jax.main` (same seed).
+    root: a temporary directory (pathlib.Path).
+    steps: total steps of both runs.
+    kill_after_step: the saved step whose prompt file triggers the kill.
+
+  Returns:
+    (final prompt of the resumed run, final prompt of the uninterrupted
+    run, first step the resumed process logged).
+  """
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  killed_dir, clean_dir = root / "killed", root / "clean"
+  proc = main_subprocess(train_args(killed_dir))
+  marker = killed_dir / "prompts" / f"prompt_step_{kill_after_step}.npy"
+  deadline = time.time() + 240
+  while not marker.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.01)
+  if proc.poll() is not None:
+    raise AssertionError("run ended before it could be killed: "
+                         + proc.stderr.read()[-2000:])
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  final = f"prompts/prompt_step_{steps}.npy"
+  if (killed_dir / final).exists():
+    raise AssertionError("the killed run had already finished")
+  logged_before = len(metric_rows(killed_dir))
+  runs = [main_subprocess(train_args(d)) for d in (clean_dir, killed_dir)]
+  for p in runs:
+    if p.wait(timeout=600) != 0:
+      raise AssertionError(p.stderr.read()[-3000:])
+  first_resumed = metric_rows(killed_dir)[logged_before]["step"]
+  return (np.load(killed_dir / final), np.load(clean_dir / final),
+          first_resumed)

@@ -11,7 +11,9 @@ replicated and exports as one whole `.npy` file (prompt-tuning's
 
 from typing import Sequence
 
+import flax
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from prompt_jax import types
@@ -51,3 +53,27 @@ class Prompt(nn.Module):
     return self.param("prompt",
                       nn.with_logical_partitioning(self._init, PROMPT_AXES),
                       (self.length, self.embed_dim))
+
+
+class SoftPromptTrainable:
+  """Mixin for prompt models: the trainable tree `{'prompt': {'prompt':
+  [P, H]}}` (path `prompt/prompt`) owned by `self.prompt_module`.
+
+  Shared by the T5 and decoder prompt models, so the trainer, checkpoints
+  and prompt exports see one layout whatever the backbone.
+  """
+  prompt_module: Prompt
+
+  def abstract_trainable(self):
+    """Boxed abstract trainable tree (logical axes, no allocation)."""
+    return {"prompt": jax.eval_shape(self.prompt_module.init,
+                                     jax.random.key(0))["params"]}
+
+  def init_trainable(self, rng: PRNGKey):
+    """Initial trainable tree (eager, so vocab-based inits stay host-side)."""
+    variables = self.prompt_module.init(rng)
+    return {"prompt": flax.core.meta.unbox(variables["params"])}
+
+  def prompt_of(self, trainable) -> Array:
+    """The [P, H] prompt inside a trainable tree."""
+    return trainable["prompt"]["prompt"]

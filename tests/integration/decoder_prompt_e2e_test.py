@@ -5,16 +5,12 @@ SST-2 task: train, eval (teacher forced + seqio decode metrics), and
 a kill -9 / resume run that must end with the prompt of an uninterrupted run.
 """
 
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 
 from prompt_jax import main as main_lib
+from prompt_jax import testing
 
 COMMON = [
     "--gin_file=models/decoder_tiny.gin",
@@ -32,15 +28,7 @@ def _train_args(model_dir, steps, save_every, log_every=1):
           f"--gin.LOG_EVERY_STEPS={log_every}"]
 
 
-def _rows(model_dir, split="train"):
-  with open(os.path.join(model_dir, "metrics.jsonl"), encoding="utf-8") as f:
-    return [r for r in map(json.loads, f) if r["split"] == split]
-
-
-def _subprocess(args):
-  return subprocess.Popen([sys.executable, "-m", "prompt_jax.main", *args],
-                          env=dict(os.environ), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+_rows = testing.metric_rows
 
 
 def test_decoder_train_then_eval(tmp_path):
@@ -60,26 +48,8 @@ def test_decoder_train_then_eval(tmp_path):
 
 
 def test_decoder_kill9_then_resume_equals_uninterrupted_run(tmp_path):
-  steps, save_every = 120, 10
-  killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
-  proc = _subprocess(_train_args(killed_dir, steps, save_every))
-  marker = killed_dir / "prompts" / "prompt_step_20.npy"
-  deadline = time.time() + 240
-  while not marker.exists() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.01)
-  assert proc.poll() is None, "run ended before it could be killed: " + (
-      proc.stderr.read()[-2000:])
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  final = killed_dir / "prompts" / f"prompt_step_{steps}.npy"
-  assert not final.exists()
-  before = len(_rows(killed_dir))
-  clean = _subprocess(_train_args(clean_dir, steps, save_every))
-  resumed = _subprocess(_train_args(killed_dir, steps, save_every))
-  for p in (clean, resumed):
-    assert p.wait(timeout=600) == 0, p.stderr.read()[-3000:]
-  np.testing.assert_array_equal(
-      np.load(final),
-      np.load(clean_dir / "prompts" / f"prompt_step_{steps}.npy"))
-  resumed_rows = _rows(killed_dir)[before:]
-  assert resumed_rows[0]["step"] > 1
+  resumed, clean, first_step = testing.kill_then_resume(
+      lambda d: _train_args(d, 120, 10), tmp_path, steps=120,
+      kill_after_step=20)
+  np.testing.assert_array_equal(resumed, clean)
+  assert first_step > 1  # Resumed from a saved step, not from scratch.
