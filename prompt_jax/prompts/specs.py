@@ -36,9 +36,23 @@ def sampled_vocab(population_size: int = 5000) -> InitSpec:
       embedding, population_size)
 
 
+def _eos_id(encode: Encode) -> int | None:
+  """The EOS id of the tokenizer `encode` is a bound method of, else None.
+
+  Ids differ per tokenizer (T5: 1; SmolLM2: 2, where 1 is `<|im_start|>`),
+  so only the owner's own `eos_id` is ever dropped.
+  """
+  return getattr(getattr(encode, "__self__", None), "eos_id", None)
+
+
 def _pieces(text: str, encode: Encode) -> list[int]:
-  """Token ids of `text` without the EOS a T5 vocabulary may append."""
-  ids = [i for i in encode(text) if i != 1]
+  """Token ids of `text` without the tokenizer's own EOS, if it adds one.
+
+  `encode` is normally a tokenizer's bound `encode` method; a plain function
+  has no known EOS and its ids are kept as they are.
+  """
+  eos = _eos_id(encode)
+  ids = [i for i in encode(text) if eos is None or i != eos]
   if not ids:
     raise ValueError(f"prompt init: {text!r} tokenizes to nothing")
   return ids
