@@ -7,7 +7,6 @@ import pytest
 
 from prompt_jax import decoder_model
 from prompt_jax import run_setup
-from prompt_jax.decoder import gguf_loading
 from prompt_jax.prompts import specs
 
 BC = run_setup.BackboneConfig
@@ -45,10 +44,6 @@ def test_random_tiny_decoder_run():
 
 
 def test_smollm2_run_ranks_the_right_continuation():
-  try:
-    gguf_loading.default_smollm2_gguf()
-  except FileNotFoundError as e:
-    pytest.skip(str(e))
   run = run_setup.build_run(
       backbone=BC(path="smollm2", preset="smollm2_135m"),
       prompt=run_setup.PromptConfig(length=2, init=specs.text("Answer")),

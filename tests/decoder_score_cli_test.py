@@ -2,17 +2,11 @@
 
 import json
 
-import pytest
 
 from prompt_jax import score
-from prompt_jax.decoder import gguf_loading
 
 
 def test_smollm2_scores_rank_the_right_answer(tmp_path):
-  try:
-    gguf_loading.default_smollm2_gguf()
-  except FileNotFoundError as e:
-    pytest.skip(str(e))
   lines = [{"inputs": "The capital of France is", "targets": t}
            for t in (" Paris", " London", " banana")]
   lines.append({"inputs": "2 + 2 =", "targets": [220, 36]})  # ids as given

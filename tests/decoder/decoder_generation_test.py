@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_jax import decoding
 from prompt_jax.decoder import generation
 from prompt_jax.decoder import network
 from prompt_jax.decoder import testing
@@ -215,8 +214,6 @@ class _EvenTokens:
 
 @pytest.mark.parametrize("method", ["greedy", "beam"])
 def test_constraint_applies_from_the_first_token(method):
-  if not hasattr(decoding, "LogitsConstraint"):
-    pytest.skip("prompt_jax.decoding has no constraints")
   ids, mask = _prompts("right")
   tokens, scores = generation.generate(
       MODEL, _params(), ids, max_decode_length=5, prompt_mask=mask,

@@ -17,11 +17,6 @@ from prompt_jax import decoder_model
 from prompt_jax.decoder import gguf_loading
 from prompt_jax.decoder import network
 
-try:
-  gguf_loading.default_smollm2_gguf()
-except FileNotFoundError as e:
-  pytest.skip(str(e), allow_module_level=True)
-
 import tasks  # pylint: disable=g-import-not-at-top,unused-import
 from tasks import smollm2_tasks  # pylint: disable=g-import-not-at-top
 from tasks import vocab  # pylint: disable=g-import-not-at-top
