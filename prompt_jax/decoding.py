@@ -429,3 +429,49 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: PyTree, *,
   final = jax.lax.while_loop(cond, body, init)
   return final.fin_seqs, final.fin_scores
 
+
+
+METHODS = ("greedy", "sample", "beam")
+
+
+def check_search_args(method: str, max_decode_length: int, num_beams: int,
+                      rng: PRNGKey | None) -> None:
+  """One-line `ValueError`s for a bad search configuration."""
+  if method not in METHODS:
+    raise ValueError(f"generate: method={method!r}; expected one of {METHODS}")
+  if max_decode_length < 1:
+    raise ValueError(f"generate: max_decode_length={max_decode_length} < 1")
+  if method == "beam" and num_beams < 1:
+    raise ValueError(f"generate: num_beams={num_beams} < 1")
+  if method == "sample" and rng is None:
+    raise ValueError("generate: method='sample' needs an rng key")
+
+
+def run_search(tokens_to_logits: TokensToLogits, cache: PyTree, *,
+               method: str, batch_size: int, max_decode_length: int,
+               eos_id: int, start_id: int, pad_id: int,
+               rng: PRNGKey | None = None,
+               temperature: float | Array = 1.0, top_k: int = 0,
+               top_p: float | None = None, num_beams: int = 4,
+               alpha: float | Array = 0.6,
+               constraint: "LogitsConstraint | None" = None
+               ) -> tuple[Array, Array]:
+  """Runs the chosen search; the one dispatch both backbones share.
+
+  For beam search the cache must already hold B * num_beams rows.
+
+  Returns:
+    (tokens [B, L], scores [B]); for beam search the best beam.
+  """
+  common = dict(batch_size=batch_size, max_decode_length=max_decode_length,
+                eos_id=eos_id, start_id=start_id, pad_id=pad_id,
+                constraint=constraint)
+  if method == "greedy":
+    return greedy_search(tokens_to_logits, cache, **common)
+  if method == "sample":
+    return temperature_sample(tokens_to_logits, cache, rng,
+                              temperature=temperature, top_k=top_k,
+                              top_p=top_p, **common)
+  tokens, scores = beam_search(tokens_to_logits, cache, num_beams=num_beams,
+                               alpha=alpha, **common)
+  return tokens[:, 0], scores[:, 0]

@@ -27,7 +27,7 @@ from prompt_jax.t5 import convert as t5_convert
 CheckpointMismatchError = t5_convert.CheckpointMismatchError
 # One message format for both backbones.
 # pylint: disable-next=protected-access
-_raise_if_mismatch = t5_convert._raise_if_mismatch
+
 Row = tuple[str, str, tuple[Callable, Callable]]
 
 _T = (lambda w: w.T, lambda p: p.T)
@@ -123,7 +123,7 @@ def params_from_hf(state: Mapping[str, np.ndarray], cfg: DecoderConfig,
       continue
     flat[path] = to_ours(value)
   unexpected = sorted(set(state) - used)
-  _raise_if_mismatch(source, missing, unexpected, bad_shape)
+  t5_convert.raise_if_mismatch(source, missing, unexpected, bad_shape)
   return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 

@@ -30,13 +30,11 @@ import jax.numpy as jnp
 from prompt_jax import decoding
 from prompt_jax import types
 from prompt_jax.decoder.network import DecoderLM
-from prompt_jax.t5 import generation as t5_generation
 from prompt_jax.t5 import seams as seams_lib
 
 Array = types.Array
 PyTree = types.PyTree
-METHODS = t5_generation.METHODS
-_check_args = t5_generation._check_args  # pylint: disable=protected-access
+METHODS = decoding.METHODS
 
 
 def init_cache(model: DecoderLM, batch_size: int, cache_length: int) -> PyTree:
@@ -178,23 +176,15 @@ def generate(model: DecoderLM, params: PyTree, prompt_tokens: Array, *,
   Raises:
     ValueError: on an unknown method or invalid sizes (at trace time).
   """
-  _check_args(method, max_decode_length, num_beams, rng)
+  decoding.check_search_args(method, max_decode_length, num_beams, rng)
   cfg = model.config
   step, cache = prepare_decoder(
       model, params, prompt_tokens, max_decode_length=max_decode_length,
       rows_per_example=num_beams if method == "beam" else 1,
       prompt_mask=prompt_mask, seams=seams)
-  common = dict(batch_size=prompt_tokens.shape[0],
-                max_decode_length=max_decode_length, eos_id=cfg.eos_id,
-                start_id=cfg.bos_id, pad_id=cfg.pad_id)
-  if constraint is not None:
-    common["constraint"] = constraint
-  if method == "greedy":
-    return decoding.greedy_search(step, cache, **common)
-  if method == "sample":
-    return decoding.temperature_sample(step, cache, rng,
-                                       temperature=temperature, top_k=top_k,
-                                       top_p=top_p, **common)
-  tokens, scores = decoding.beam_search(step, cache, num_beams=num_beams,
-                                        alpha=alpha, **common)
-  return tokens[:, 0], scores[:, 0]
+  return decoding.run_search(
+      step, cache, method=method, batch_size=prompt_tokens.shape[0],
+      max_decode_length=max_decode_length, eos_id=cfg.eos_id,
+      start_id=cfg.bos_id, pad_id=cfg.pad_id, rng=rng,
+      temperature=temperature, top_k=top_k, top_p=top_p,
+      num_beams=num_beams, alpha=alpha, constraint=constraint)

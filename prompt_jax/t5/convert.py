@@ -124,7 +124,7 @@ def params_from_hf(state: Mapping[str, np.ndarray], cfg: T5Config,
       continue
     flat[path] = value
   unexpected = sorted(set(state) - used)
-  _raise_if_mismatch(source, missing, unexpected, bad_shape)
+  raise_if_mismatch(source, missing, unexpected, bad_shape)
   return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
@@ -139,7 +139,7 @@ def hf_from_params(params: Mapping, cfg: T5Config) -> dict[str, np.ndarray]:
   return state
 
 
-def _raise_if_mismatch(source: str, missing: list, unexpected: list,
+def raise_if_mismatch(source: str, missing: list, unexpected: list,
                        bad_shape: list) -> None:
   if not (missing or unexpected or bad_shape):
     return

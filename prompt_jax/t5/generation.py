@@ -24,7 +24,7 @@ from prompt_jax.t5.network import T5Transformer
 
 Array = types.Array
 PyTree = types.PyTree
-METHODS = ("greedy", "sample", "beam")
+METHODS = decoding.METHODS
 
 
 def _create_cache(model: T5Transformer, params: PyTree, encoded: Array,
@@ -87,18 +87,6 @@ def prepare_decoder(model: T5Transformer, params: PyTree,
   return step, cache
 
 
-def _check_args(method: str, max_decode_length: int, num_beams: int,
-                rng: Array | None) -> None:
-  if method not in METHODS:
-    raise ValueError(f"generate: method={method!r}; expected one of {METHODS}")
-  if max_decode_length < 1:
-    raise ValueError(f"generate: max_decode_length={max_decode_length} < 1")
-  if method == "beam" and num_beams < 1:
-    raise ValueError(f"generate: num_beams={num_beams} < 1")
-  if method == "sample" and rng is None:
-    raise ValueError("generate: method='sample' needs an rng key")
-
-
 @functools.partial(jax.jit, static_argnames=(
     "model", "max_decode_length", "method", "top_k", "top_p", "num_beams"))
 def generate(model: T5Transformer, params: PyTree, encoder_tokens: Array, *,
@@ -140,22 +128,15 @@ def generate(model: T5Transformer, params: PyTree, encoder_tokens: Array, *,
   Raises:
     ValueError: on an unknown method or invalid sizes (at trace time).
   """
-  _check_args(method, max_decode_length, num_beams, rng)
+  decoding.check_search_args(method, max_decode_length, num_beams, rng)
   cfg = model.config
   step, cache = prepare_decoder(
       model, params, encoder_tokens, max_decode_length=max_decode_length,
       rows_per_example=num_beams if method == "beam" else 1,
       encoder_mask=encoder_mask, seams=seams)
-  common = dict(batch_size=encoder_tokens.shape[0],
-                max_decode_length=max_decode_length, eos_id=cfg.eos_id,
-                start_id=cfg.decoder_start_id, pad_id=cfg.pad_id,
-                constraint=constraint)
-  if method == "greedy":
-    return decoding.greedy_search(step, cache, **common)
-  if method == "sample":
-    return decoding.temperature_sample(step, cache, rng,
-                                       temperature=temperature, top_k=top_k,
-                                       top_p=top_p, **common)
-  tokens, scores = decoding.beam_search(step, cache, num_beams=num_beams,
-                                        alpha=alpha, **common)
-  return tokens[:, 0], scores[:, 0]
+  return decoding.run_search(
+      step, cache, method=method, batch_size=encoder_tokens.shape[0],
+      max_decode_length=max_decode_length, eos_id=cfg.eos_id,
+      start_id=cfg.decoder_start_id, pad_id=cfg.pad_id, rng=rng,
+      temperature=temperature, top_k=top_k, top_p=top_p,
+      num_beams=num_beams, alpha=alpha, constraint=constraint)

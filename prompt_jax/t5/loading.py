@@ -351,7 +351,7 @@ def params_from_t5x(flat: Mapping[str, np.ndarray], cfg: T5Config,
       continue
     out[path] = arr.reshape(want.shape)
   unexpected = sorted(set(flat) - set(expected))
-  _raise_if_mismatch(source, missing, unexpected, bad_shape)
+  convert.raise_if_mismatch(source, missing, unexpected, bad_shape)
   return flax.traverse_util.unflatten_dict(out, sep="/")
 
 
@@ -375,17 +375,5 @@ def _check_params(params: Mapping, cfg: T5Config, source: str) -> Flat:
   bad_shape = [f"{k}: {flat[k].shape}, model wants {tuple(v.shape)}"
                for k, v in expected.items()
                if k in flat and flat[k].shape != tuple(v.shape)]
-  _raise_if_mismatch(source, missing, unexpected, bad_shape)
+  convert.raise_if_mismatch(source, missing, unexpected, bad_shape)
   return flat
-
-
-def _raise_if_mismatch(source: str, missing: list[str],
-                       unexpected: list[str], bad_shape: list[str]) -> None:
-  """One-line `CheckpointMismatchError` in `convert`'s format."""
-  parts = [f"{len(items)} {label}: " + "; ".join(items)
-           for label, items in (("missing", missing),
-                                ("unexpected", unexpected),
-                                ("wrong shape", bad_shape)) if items]
-  if parts:
-    raise CheckpointMismatchError(
-        f"{source} does not match the model: " + " | ".join(parts))
