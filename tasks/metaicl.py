@@ -45,6 +45,7 @@ import seqio
 import tensorflow as tf
 
 from prompt_jax import data_root as data_root_lib
+from tasks import sources
 from tasks import vocab
 
 SEEDS = (13, 21, 42, 87, 100)
@@ -356,12 +357,8 @@ class MetaICLSource(seqio.DataSource):
     """Returns the examples of `split`, fully shuffled if `shuffle`."""
     del sequence_length, use_cached, num_epochs
     rows = self.read(split)
-    ds = _rows_to_dataset(rows)
-    if shard_info is not None and shard_info.num_shards > 1:
-      ds = ds.shard(shard_info.num_shards, shard_info.index)
-    if shuffle:
-      ds = ds.shuffle(len(rows), seed=seed)
-    return ds
+    return sources.shard_and_shuffle(_rows_to_dataset(rows), len(rows),
+                                     shuffle, seed, shard_info)
 
 
 # ------------------------ formatting and metrics ---------------------------

@@ -371,17 +371,25 @@ class ColumnSource(seqio.DataSource):
         k: tf.constant(columns[k].tolist(), dtype=d, shape=[len(columns[k])])
         for k, d in self.schema.features.items()
     })
-    if shard_info is not None and shard_info.num_shards > 1:
-      ds = ds.shard(shard_info.num_shards, shard_info.index)
-    if shuffle:
-      ds = ds.shuffle(self.num_input_examples(split), seed=seed)
-    return ds
+    return shard_and_shuffle(ds, self.num_input_examples(split), shuffle,
+                             seed, shard_info)
 
   def _spec(self, split: str) -> SplitSpec:
     if split not in self._split_specs:
       raise ValueError(
           f"Unknown split {split!r}; this source has {sorted(self.splits)}.")
     return self._split_specs[split]
+
+
+def shard_and_shuffle(ds: tf.data.Dataset, num_rows: int, shuffle: bool,
+                      seed: int | None,
+                      shard_info: seqio.ShardInfo | None) -> tf.data.Dataset:
+  """This host's shard of an in-memory split, fully shuffled if asked."""
+  if shard_info is not None and shard_info.num_shards > 1:
+    ds = ds.shard(shard_info.num_shards, shard_info.index)
+  if shuffle:
+    ds = ds.shuffle(num_rows, seed=seed)
+  return ds
 
 
 def check_source_name(source: str) -> None:

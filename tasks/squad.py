@@ -243,11 +243,8 @@ class SquadSource(seqio.DataSource):
         tf.constant([len(row) for row in answers], tf.int64))
     # The map makes `answers` a dense [n] vector, as from TFDS.
     ds = tf.data.Dataset.from_tensor_slices(features).map(dict)
-    if shard_info is not None and shard_info.num_shards > 1:
-      ds = ds.shard(shard_info.num_shards, shard_info.index)
-    if shuffle:
-      ds = ds.shuffle(len(answers), seed=seed)
-    return ds
+    return sources.shard_and_shuffle(ds, len(answers), shuffle, seed,
+                                     shard_info)
 
 
 def map_tfds_example(ex: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
