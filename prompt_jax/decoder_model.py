@@ -32,11 +32,26 @@ Generation (`generate`) prefills [prompt, inputs] through the KV cache
 
 Rank classification: `score_batch(inputs, targets)` joins each row as
 [left-padded inputs, targets] (the mask makes the padding invisible and keeps
-positions contiguous) and sums log p(target tokens).
+positions contiguous) and sums log p(target tokens). Only the slots that
+predict targets are projected to the vocabulary (`logits_positions`).
+
+Shared context (k-shot evaluation with the same demonstrations for every
+query, as MetaICL evaluates): `encode_context` runs [BOS, prompt, context]
+once and returns its per-layer keys/values (`ContextCache`); `score_batch(...,
+context=cache)` then runs only each query and its targets, attending to the
+cached keys through the per-layer prefix seam with positions continuing after
+the context. The scores equal scoring [context, query, target] in full.
+
+Loss on few targets: with `target_length` S set (the task's target feature
+length), `loss_fn` projects only the S slots from each row's first target on,
+instead of all Ti + To slots; the loss is unchanged.
 """
+
+import dataclasses
 
 from typing import Any, Mapping
 
+import flax
 import jax
 import jax.numpy as jnp
 
@@ -92,6 +107,36 @@ def left_pad(tokens: Array, mask: Array) -> tuple[Array, Array]:
           jnp.take_along_axis(mask.astype(bool), src, axis=1))
 
 
+@flax.struct.dataclass
+class ContextCache:
+  """Keys/values of a shared context, for `score_batch(context=...)`.
+
+  Attributes:
+    keys: per layer, rotated keys [1, C, K, D] (C = BOS + prompt + context).
+    values: per layer, values [1, C, K, D].
+    length: C, the position of the first query token.
+  """
+  keys: tuple[Array, ...]
+  values: tuple[Array, ...]
+  length: int = flax.struct.field(pytree_node=False, default=0)
+
+  def seams(self) -> seams_lib.Seams:
+    """The cache as per-layer key/value prefixes."""
+    return seams_lib.Seams(decoder_layers=tuple(
+        seams_lib.LayerSeams(self_attention=seams_lib.AttentionSeams(
+            prefix_key=k, prefix_value=v))
+        for k, v in zip(self.keys, self.values)))
+
+
+def _first_target_slots(weights: Array, length: int
+                        ) -> tuple[Array, Array]:
+  """Slots [B, S] from each row's first weighted slot, and their validity."""
+  big = weights.shape[1]
+  first = jnp.argmax(weights > 0, axis=1)[:, None]  # [B, 1]
+  slots = first + jnp.arange(length)[None]
+  return jnp.minimum(slots, big - 1), slots < big
+
+
 class PromptDecoderModel(prompt_modules.SoftPromptTrainable):
   """Frozen decoder-only backbone + soft prompt of length P.
 
@@ -101,12 +146,15 @@ class PromptDecoderModel(prompt_modules.SoftPromptTrainable):
     prompt_init: initializer of the [P, H] prompt.
     position: 'prefix' or 'after_bos' (see the module docstring).
     loss_cfg: loss options.
+    target_length: S, the most target tokens of a training row (None: no
+      bound; every slot is projected to the vocabulary).
   """
 
   def __init__(self, config: DecoderConfig, prompt_length: int,
                prompt_init: initializers.PromptInitializer | None = None,
                position: str = "prefix",
-               loss_cfg: LossConfig = LossConfig()):
+               loss_cfg: LossConfig = LossConfig(),
+               target_length: int | None = None):
     if position not in _COMBINATIONS:
       raise ValueError(f"decoder prompt position {position!r}: expected one "
                        f"of {list(POSITIONS)}")
@@ -115,6 +163,7 @@ class PromptDecoderModel(prompt_modules.SoftPromptTrainable):
     self.position = position
     self.add_bos = position == "after_bos"
     self.loss_cfg = loss_cfg
+    self.target_length = target_length
     self.module = network.DecoderLM(config)
     self.prompt_module = prompt_modules.Prompt(
         prompt_length, config.emb_dim,
@@ -143,22 +192,28 @@ class PromptDecoderModel(prompt_modules.SoftPromptTrainable):
             jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1))
 
   # ----------------------------------------------------------- compute --
+  def _offset(self, trainable: PyTree | None) -> int:
+    return 0 if trainable is None else self.prompt_length
+
   def text_logits(self, trainable: PyTree, frozen: PyTree, tokens: Array,
                   mask: Array, rng: PRNGKey | None = None,
-                  enable_dropout: bool = False) -> Array:
+                  enable_dropout: bool = False,
+                  slots: Array | None = None) -> Array:
     """Logits [B, T, V]; row k predicts `tokens[:, k + 1]` (prompt in place).
 
     Args:
       trainable: the trainable tree; None scores the bare backbone.
       tokens: [B, T] ids (BOS included if the model expects it).
       mask: [B, T] real-token mask.
+      slots: [B, S] text slots whose logits are wanted; None: all T.
     """
     rngs = {"dropout": rng} if enable_dropout else None
+    offset = self._offset(trainable)
     logits = self.module.apply(
         {"params": frozen}, tokens, mask.astype(bool),
         seams=self._seams(trainable), enable_dropout=enable_dropout,
-        rngs=rngs)
-    return logits[:, 0 if trainable is None else self.prompt_length:]
+        rngs=rngs, logits_positions=None if slots is None else slots + offset)
+    return logits if slots is not None else logits[:, offset:]
 
   def loss_fn(self, trainable: PyTree, frozen: PyTree,
               batch: Mapping[str, Array], rng: PRNGKey | None = None,
@@ -176,9 +231,16 @@ class PromptDecoderModel(prompt_modules.SoftPromptTrainable):
     tokens, mask = self._with_bos(tokens, mask)
     if self.add_bos:
       weights = jnp.concatenate([jnp.zeros_like(weights[:, :1]), weights], 1)
-    logits = self.text_logits(trainable, frozen, tokens, mask, rng,
-                              enable_dropout)[:, :-1]
     targets, weights = tokens[:, 1:], weights[:, 1:]
+    if self.target_length is None:
+      logits = self.text_logits(trainable, frozen, tokens, mask, rng,
+                                enable_dropout)[:, :-1]
+    else:  # Slot k predicts targets[:, k]: project S slots per row only.
+      slots, valid = _first_target_slots(weights, self.target_length)
+      logits = self.text_logits(trainable, frozen, tokens, mask, rng,
+                                enable_dropout, slots=slots)
+      targets = jnp.take_along_axis(targets, slots, axis=1)
+      weights = jnp.take_along_axis(weights, slots, axis=1) * valid
     loss_sum, z_sum = losses.cross_entropy(
         logits, targets, weights, self.loss_cfg.z_loss,
         self.loss_cfg.label_smoothing)
@@ -192,16 +254,20 @@ class PromptDecoderModel(prompt_modules.SoftPromptTrainable):
   def score_batch(self, trainable: PyTree, frozen: PyTree,
                   input_tokens: Array, targets: Array, *,
                   input_mask: Array | None = None,
-                  target_mask: Array | None = None) -> tuple[Array, Array]:
+                  target_mask: Array | None = None,
+                  context: ContextCache | None = None
+                  ) -> tuple[Array, Array]:
     """(scores [B], token_scores [B, To]): log p(targets | prompt, inputs).
 
     Args:
-      trainable: the trainable tree; None: no prompt.
+      trainable: the trainable tree; None: no prompt. Ignored with
+        `context` (the prompt is inside the cache).
       input_tokens: [B, Ti] left-aligned inputs.
       targets: [B, To] left-aligned continuations.
       input_mask: [B, Ti]; default `input_tokens != 0` (seqio pads with 0;
         pass a mask if an input may contain id 0).
       target_mask: [B, To]; default `targets != 0`.
+      context: a shared context before every row (`encode_context`).
     """
     if input_mask is None:
       input_mask = input_tokens != 0
@@ -210,12 +276,50 @@ class PromptDecoderModel(prompt_modules.SoftPromptTrainable):
     inputs, in_mask = left_pad(input_tokens, input_mask)
     tokens = jnp.concatenate([inputs, targets], axis=1)
     mask = jnp.concatenate([in_mask, target_mask.astype(bool)], axis=1)
-    tokens, mask = self._with_bos(tokens, mask)
-    logits = self.text_logits(trainable, frozen, tokens, mask)
-    start = tokens.shape[1] - targets.shape[1] - 1
-    logits = logits[:, start:start + targets.shape[1]]
+    to = targets.shape[1]
+    if context is None:
+      tokens, mask = self._with_bos(tokens, mask)
+      start = tokens.shape[1] - to - 1
+      slots = jnp.broadcast_to(start + jnp.arange(to), targets.shape)
+      logits = self.text_logits(trainable, frozen, tokens, mask, slots=slots)
+    else:
+      slots = jnp.broadcast_to(tokens.shape[1] - to - 1 + jnp.arange(to),
+                               targets.shape)
+      logits = self.module.apply(
+          {"params": frozen}, tokens, mask,
+          positions=network.positions_from_mask(mask, context.length),
+          seams=context.seams(), logits_positions=slots)
     token_scores = scoring.token_log_probs(logits, targets) * target_mask
     return jnp.sum(token_scores, axis=1), token_scores
+
+  def encode_context(self, trainable: PyTree | None, frozen: PyTree,
+                     tokens: Array) -> ContextCache:
+    """Keys/values of [BOS, prompt, context] for `score_batch(context=)`.
+
+    Args:
+      trainable: the trainable tree (its prompt goes before the context);
+        None: no prompt.
+      tokens: [1, C] context ids, all real (C may be 0 only with a prompt
+        or BOS).
+    """
+    mask = jnp.ones(tokens.shape, bool)
+    tokens, mask = self._with_bos(tokens, mask)
+    seams = self._seams(trainable)
+
+    def run(cache):
+      variables = {"params": frozen}
+      if cache is not None:
+        variables["cache"] = cache
+      return self.module.apply(variables, tokens, mask, seams=seams,
+                               decode=True, mutable=["cache"])[1]["cache"]
+
+    shapes = jax.eval_shape(run, None)
+    cache = run(jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes))
+    layers = [cache[f"layers_{i}"]["self_attention"]
+              for i in range(self.config.num_layers)]
+    return ContextCache(tuple(c["cached_key"] for c in layers),
+                        tuple(c["cached_value"] for c in layers),
+                        int(layers[0]["cached_key"].shape[1]))
 
   def generate(self, trainable: PyTree, frozen: PyTree, input_tokens: Array,
                *, max_decode_length: int, method: str = "greedy",

@@ -156,7 +156,9 @@ class DecoderLM(nn.Module):
   def __call__(self, tokens: Array, mask: Array | None = None,
                positions: Array | None = None,
                seams: seams_lib.Seams | None = None, decode: bool = False,
-               enable_dropout: bool = False) -> Array:
+               enable_dropout: bool = False,
+               logits_positions: Array | None = None,
+               return_hidden: bool = False) -> Array:
     """Teacher-forced (or cached) next-token logits.
 
     Args:
@@ -169,9 +171,15 @@ class DecoderLM(nn.Module):
       seams: PEFT seams; see the module docstring.
       decode: create (first call) or extend the key/value cache.
       enable_dropout: enables dropout (needs a 'dropout' rng).
+      logits_positions: [B, S] slots (after the embed hook) whose logits are
+        wanted; None: all T'. Scoring a few target tokens then skips the
+        [H, V] projection of every other slot (values unchanged).
+      return_hidden: return the final-normed hidden states [B, T', H]
+        instead of logits (sentence embeddings).
 
     Returns:
-      logits [B, T', V] in fp32, T' the length after the embed hook.
+      logits [B, T', V] (or [B, S, V]) in fp32, T' the length after the
+      embed hook; hidden states [B, T', H] with `return_hidden`.
 
     Raises:
       ValueError: if `positions` does not match the sequence length.
@@ -199,6 +207,10 @@ class DecoderLM(nn.Module):
           x, positions, attn_mask, seams.decoder_layer(i), decode, index,
           deterministic)
     x = _norm(cfg, "decoder_norm")(x)
+    if return_hidden:
+      return x
+    if logits_positions is not None:
+      x = jnp.take_along_axis(x, logits_positions[..., None], axis=1)
     if cfg.tie_word_embeddings:
       logits = embedder.attend(x)
     else:
