@@ -24,6 +24,7 @@ from prompt_jax.prompts import combine as combine_lib
 from prompt_jax.prompts import initializers
 from prompt_jax.prompts import modules as prompt_modules
 from prompt_jax.t5 import network
+from prompt_jax.t5 import seams as seams_lib
 from prompt_jax.t5.config import T5Config
 from prompt_jax.types import Array, PRNGKey, PyTree
 
@@ -65,7 +66,9 @@ class PromptT5Model(prompt_modules.SoftPromptTrainable):
         prompt_length, config.emb_dim,
         prompt_init or initializers.random_uniform())
 
-  def _seams(self, trainable: PyTree):
+  def _seams(self, trainable: PyTree | None):
+    if trainable is None:  # The bare backbone (full fine-tuning, scoring).
+      return seams_lib.Seams()
     return combine_lib.encoder_prompt_seams(self.prompt_of(trainable),
                                             _COMBINATIONS[self.position])
 

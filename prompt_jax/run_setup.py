@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from prompt_jax import decoder_model
+from prompt_jax import full_finetune
 from prompt_jax import model as model_lib
 from prompt_jax import partitioning
 from prompt_jax import vocabularies
@@ -239,7 +240,8 @@ def _no_tokenizer(text: str) -> list[int]:
 
 
 def _build_decoder_run(backbone: BackboneConfig, prompt: PromptConfig,
-                       mesh, rules, loss_cfg) -> Run:
+                       mesh, rules, loss_cfg,
+                       target_length: int | None) -> Run:
   dec_cfg, frozen = load_decoder(backbone, mesh, rules)
   tokenizer = decoder_tokenizer(backbone)
   position = prompt.position
@@ -253,23 +255,26 @@ def _build_decoder_run(backbone: BackboneConfig, prompt: PromptConfig,
   init_fn = prompt.init(embedding, tokenizer.encode if tokenizer else
                         _no_tokenizer)
   model = decoder_model.PromptDecoderModel(
-      dec_cfg, prompt.length, init_fn, position, loss_cfg)
+      dec_cfg, prompt.length, init_fn, position, loss_cfg, target_length)
   return Run(mesh, rules, dec_cfg, frozen, model, tokenizer)
 
 
 def build_run(*, backbone: BackboneConfig, prompt: PromptConfig,
               mesh_cfg: MeshConfig = MeshConfig(),
-              loss_cfg: model_lib.LossConfig = model_lib.LossConfig()
-              ) -> Run:
+              loss_cfg: model_lib.LossConfig = model_lib.LossConfig(),
+              target_length: int | None = None) -> Run:
   """Builds the mesh, the frozen backbone and the prompt model.
 
   A decoder backbone (`backbone_kind`) gives a `PromptDecoderModel` and its
   BPE tokenizer; the prompt goes after BOS when the tokenizer adds one.
+  `target_length` (the task's target feature length) lets the decoder's
+  loss project only the target slots to the vocabulary.
   """
   mesh = make_mesh(mesh_cfg)
   rules = partitioning.standard_logical_axis_rules(mesh_cfg.parallelism)
   if backbone_kind(backbone) == "decoder":
-    return _build_decoder_run(backbone, prompt, mesh, rules, loss_cfg)
+    return _build_decoder_run(backbone, prompt, mesh, rules, loss_cfg,
+                              target_length)
   t5_cfg, frozen = load_frozen(backbone, mesh, rules)
   tokenizer = _tokenizer(backbone)
   vocabularies.check_vocab_size(tokenizer.vocab_size, t5_cfg.vocab_size,
@@ -280,3 +285,21 @@ def build_run(*, backbone: BackboneConfig, prompt: PromptConfig,
   model = model_lib.PromptT5Model(t5_cfg, prompt.length, init_fn,
                                   prompt.position, loss_cfg)
   return Run(mesh, rules, t5_cfg, frozen, model, tokenizer)
+
+
+TRAINABLE_PARTS = ("prompt", "full")
+
+
+def with_trainable_part(run: Run, part: str) -> Run:
+  """`run` with `part` trainable: 'prompt' (as built) or 'full' (every
+  backbone weight, no prompt; the frozen tree becomes {})."""
+  if part not in TRAINABLE_PARTS:
+    raise ValueError(f"trainable_part={part!r}; expected one of "
+                     f"{list(TRAINABLE_PARTS)}")
+  if part == "prompt":
+    return run
+  sample = None
+  if isinstance(run.model, decoder_model.PromptDecoderModel):
+    sample = (jax.ShapeDtypeStruct((1, 1), jax.numpy.int32),)
+  model = full_finetune.FullFinetuneModel(run.model, run.frozen, sample)
+  return dataclasses.replace(run, model=model, frozen={})

@@ -34,8 +34,9 @@ def _fetch(metrics: dict) -> dict[str, float]:
 
 
 def _check_finite(step: int, metrics: dict[str, float], prompt) -> None:
-  if not math.isfinite(metrics["loss"]) or not np.isfinite(
-      np.asarray(jax.device_get(prompt))).all():
+  prompt_ok = prompt is None or np.isfinite(
+      np.asarray(jax.device_get(prompt))).all()
+  if not math.isfinite(metrics["loss"]) or not prompt_ok:
     raise NonFiniteLossError(
         f"non-finite loss ({metrics['loss']}) or prompt at step {step}; "
         "stopping without saving this state (the last good checkpoint is "
@@ -66,16 +67,20 @@ def train(*, model_dir: str, backbone: run_setup.BackboneConfig,
               checkpoints.CheckpointConfig()),
           mesh_cfg: run_setup.MeshConfig = run_setup.MeshConfig(),
           num_microbatches: int = 1, log_every_steps: int = 10,
-          eval_every_steps: int | None = None, seed: int = 0
-          ) -> dict[str, Any]:
-  """Trains a soft prompt on a frozen backbone.
+          eval_every_steps: int | None = None, seed: int = 0,
+          trainable_part: str = "prompt") -> dict[str, Any]:
+  """Trains a soft prompt on a frozen backbone (or, with
+  `trainable_part='full'`, every backbone weight and no prompt).
 
   Returns:
     `{'step': final step, 'train': last train metrics, 'eval': last eval
-    metrics or None, 'preempted': bool}`.
+    metrics or None, 'preempted': bool, 'trainable': the final trainable
+    tree (on device)}`.
   """
-  run = run_setup.build_run(backbone=backbone, prompt=prompt,
-                            mesh_cfg=mesh_cfg)
+  run = run_setup.build_run(
+      backbone=backbone, prompt=prompt, mesh_cfg=mesh_cfg,
+      target_length=train_dataset_cfg.task_feature_lengths["targets"])
+  run = run_setup.with_trainable_part(run, trainable_part)
   trainer = trainer_lib.Trainer(
       run.model, optimizer, run.mesh, run.rules,
       jax.tree.map(lambda x: x.sharding, run.frozen), num_microbatches)
@@ -116,4 +121,5 @@ def train(*, model_dir: str, backbone: run_setup.BackboneConfig,
     writer.close()
     ckpt.close()
   result["step"] = step
+  result["trainable"] = state.trainable
   return result
