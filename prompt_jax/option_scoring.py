@@ -1,0 +1,115 @@
+"""Rank classification of a decoder LM over fixed options, on many rows.
+
+Each row is scored with every option as its continuation; the prediction is
+the option with the largest summed log-probability (the protocol of the
+SmolLM2 bench and of MetaICL's direct evaluation). A shared context (k
+demonstrations, the same for every row, as MetaICL evaluates) and the soft
+prompt are run once per call through `PromptDecoderModel.encode_context`;
+each row then costs only its own tokens. Rows are sorted by length and
+padded to a multiple of 16, so the jitted scorer compiles a few times.
+
+Example:
+  scores = score_options(model, trainable, frozen,
+                         inputs=[tok.encode("Review: good.\\nSentiment:")],
+                         options=[tok.encode(" negative"),
+                                  tok.encode(" positive")],
+                         context=tok.encode(demos_text))
+  predictions = scores.argmax(axis=1)            # [N]
+"""
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_jax import decoder_model
+from prompt_jax.types import PyTree
+
+_BUCKET = 16
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _score(model: decoder_model.PromptDecoderModel, frozen: PyTree,
+           context: decoder_model.ContextCache | None, inputs, in_mask,
+           targets, t_mask):
+  return model.score_batch(None, frozen, inputs, targets, input_mask=in_mask,
+                           target_mask=t_mask, context=context)[0]
+
+
+def _padded(rows: Sequence[Sequence[int]], length: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+  ids = np.zeros((len(rows), length), np.int32)
+  mask = np.zeros((len(rows), length), bool)
+  for i, row in enumerate(rows):
+    ids[i, :len(row)], mask[i, :len(row)] = row, True
+  return ids, mask
+
+
+def encode_shared_context(model: decoder_model.PromptDecoderModel,
+                          trainable: PyTree | None, frozen: PyTree,
+                          context: Sequence[int]
+                          ) -> decoder_model.ContextCache | None:
+  """The cache of [BOS, prompt, context]; None when all three are empty."""
+  if not context and trainable is None and not model.add_bos:
+    return None
+  return jax.jit(model.encode_context)(
+      trainable, frozen, jnp.asarray([list(context)], jnp.int32))
+
+
+def score_options(model: decoder_model.PromptDecoderModel,
+                  trainable: PyTree | None, frozen: PyTree, *,
+                  inputs: Sequence[Sequence[int]],
+                  options: Sequence[Sequence[int]],
+                  context: Sequence[int] = (), batch_size: int = 32,
+                  max_input_length: int | None = None) -> np.ndarray:
+  """Summed log p(option | prompt, context, input) for every row and option.
+
+  Args:
+    model: the decoder prompt model (its prompt is taken from `trainable`).
+    trainable: a trainable tree with the soft prompt; None: no prompt.
+    frozen: the backbone params.
+    inputs: N token-id rows (no padding).
+    options: C continuations (token ids; they may differ in length).
+    context: ids before every row (k-shot demonstrations); may be empty.
+    batch_size: rows per call (each call scores rows x C sequences).
+    max_input_length: rows longer than this keep their LAST tokens (the end
+      holds the question / answer cue); None: no limit.
+
+  Returns:
+    [N, C] float32 scores.
+  """
+  if not options or any(len(o) == 0 for o in options):
+    raise ValueError("score_options: every option needs at least one token")
+  cache = encode_shared_context(model, trainable, frozen, context)
+  rows = [list(r)[-max_input_length:] if max_input_length else list(r)
+          for r in inputs]
+  num_options = len(options)
+  targets, t_mask = _padded(options, max(len(o) for o in options))
+  targets = np.repeat(targets, batch_size, axis=0)  # [C * B, To]
+  t_mask = np.repeat(t_mask, batch_size, axis=0)
+  scores = np.zeros((len(rows), num_options), np.float32)
+  order = np.argsort([len(r) for r in rows], kind="stable")
+  for start in range(0, len(rows), batch_size):
+    idx = order[start:start + batch_size]
+    longest = max(max(len(rows[i]) for i in idx), 1)
+    ids, mask = _padded([rows[i] for i in idx], -(-longest // _BUCKET)
+                        * _BUCKET)
+    ids = np.tile(np.pad(ids, ((0, batch_size - len(idx)), (0, 0))),
+                  (num_options, 1))
+    mask = np.tile(np.pad(mask, ((0, batch_size - len(idx)), (0, 0))),
+                   (num_options, 1))
+    mask[:, 0] |= ~mask.any(axis=1)  # Filler rows: one visible slot.
+    out = np.asarray(_score(model, frozen, cache, ids, mask, targets, t_mask))
+    scores[idx] = out.reshape(num_options, batch_size)[:, :len(idx)].T
+  return scores
+
+
+def accuracy(scores: np.ndarray, labels: Sequence[int]) -> float:
+  """Percent of rows whose best-scoring option is the label."""
+  labels = np.asarray(labels)
+  if scores.shape[0] != labels.shape[0] or not len(labels):
+    raise ValueError(f"accuracy: {scores.shape[0]} score rows for "
+                     f"{labels.shape[0]} labels")
+  return 100.0 * float(np.mean(scores.argmax(axis=1) == labels))
