@@ -81,3 +81,28 @@ def test_analytic_flops_agree_with_the_anchor_flop_counter(size, ex_per_s,
   ours = bench.analytic_flops(bench.t5_config(size, "bfloat16"), 32, 512, 32)
   # The anchor rounds MFU to 3 decimals (up to +-1%).
   assert ours["total"] == pytest.approx(anchor_flops, rel=0.012)
+
+
+def test_decoder_cpu_bench_tiny_preset_two_steps(capsys):
+  """bench/decoder_cpu_bench.py end to end on a random tiny decoder."""
+  spec = importlib.util.spec_from_file_location(
+      "decoder_cpu_bench", _PATH.parent / "decoder_cpu_bench.py")
+  decoder_bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(decoder_bench)
+  row = decoder_bench.main(["--preset", "tiny", "--steps", "2", "--warmup",
+                            "0"])
+  assert row["anchor"] == "skipped (--anchor skip)"  # Presets skip it.
+  assert (row["batch"], row["text_len"], row["prompt_len"]) == (8, 64, 20)
+  assert row["loss_tokens"] == 8 * 63  # Token k+1 from slot k.
+  assert row["num_devices"] == 1 and len(row["block_step_s"]) == 2
+  assert row["steps"] == 2 and row["step_s"] > 0
+  assert row["ex_per_s"] == pytest.approx(8 / row["step_s"], rel=1e-2)
+  assert 0 < row["loss"] < 20  # Finite: ids fit the preset's vocabulary.
+  assert '"ratio_ex_per_s"' not in capsys.readouterr().out
+  assert decoder_bench.parse_anchor_output(
+      "peft smollm2 cpu prompt-tuning: batch 8, text 64 + 20 prompt tokens:"
+      " 5.02 s/step, 1.59 ex/s, loss 12.42") == {
+          "anchor_step_s": 5.02, "anchor_ex_per_s": 1.59,
+          "anchor_loss": 12.42}
+  with pytest.raises(ValueError, match="anchor printed no 's/step, ex/s'"):
+    decoder_bench.parse_anchor_output("Traceback ...\nImportError: peft")
