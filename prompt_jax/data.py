@@ -108,6 +108,9 @@ class DatasetConfig:
       (decoder-only: `PREFIX_LM_KEYS`, inputs then targets in one [B, Ti +
       To] sequence, loss weights on the targets only; see
       `prompt_jax.decoder_model`).
+    trim_to_multiple: `TrainBatches` cut each batch's trailing padding down
+      to its longest row rounded up to this multiple (short rows then cost
+      less; the step compiles once per distinct length). None: fixed shapes.
   """
 
   mixture_or_task_name: str
@@ -120,6 +123,7 @@ class DatasetConfig:
   pack: bool = False
   drop_remainder: bool = True
   feature_converter: str = "enc_dec"
+  trim_to_multiple: int | None = None
 
   def __post_init__(self):
     if self.feature_converter not in _CONVERTERS:
@@ -242,7 +246,42 @@ class TrainBatches:
   def __next__(self) -> Batch:
     batch = next(self._iterator)
     self._position += 1
+    if self.cfg.trim_to_multiple:
+      batch = trim_padding(batch, self.cfg.trim_to_multiple)
     return batch
+
+
+def _used_length(mask: np.ndarray) -> int:
+  """1 + the last column where any row of a [B, L] mask is set (0: none)."""
+  columns = np.flatnonzero(mask.any(axis=0))
+  return int(columns[-1]) + 1 if columns.size else 0
+
+
+def trim_padding(batch: Batch, multiple: int) -> Batch:
+  """Drops trailing all-padding columns, keeping a multiple of `multiple`.
+
+  Decoder-side keys (`decoder_*`) end at the last slot with a loss weight
+  (token ids cannot tell padding: SmolLM2's id 0 is a real token);
+  `encoder_input_tokens` ends at its last non-zero id (T5 pads with 0).
+
+  Args:
+    batch: {key: [B, L]} arrays of one feature converter.
+    multiple: round kept lengths up to this (capped at L).
+  """
+  out = dict(batch)
+  weights = batch.get("decoder_loss_weights")
+  if weights is not None:
+    keep = _used_length(weights > 0)
+    keep = min(-(-max(keep, 1) // multiple) * multiple, weights.shape[1])
+    for key, value in batch.items():
+      if key.startswith("decoder_"):
+        out[key] = value[:, :keep]
+  enc = batch.get("encoder_input_tokens")
+  if enc is not None:
+    keep = min(-(-max(_used_length(enc != 0), 1) // multiple) * multiple,
+               enc.shape[1])
+    out["encoder_input_tokens"] = enc[:, :keep]
+  return out
 
 
 def _pad_rows(batch: Batch, batch_size: int) -> Batch:

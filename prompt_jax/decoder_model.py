@@ -292,6 +292,32 @@ class PromptDecoderModel(prompt_modules.SoftPromptTrainable):
     token_scores = scoring.token_log_probs(logits, targets) * target_mask
     return jnp.sum(token_scores, axis=1), token_scores
 
+  def next_token_log_probs(self, frozen: PyTree, input_tokens: Array,
+                           input_mask: Array,
+                           context: ContextCache | None = None) -> Array:
+    """log p(next token | [context,] inputs) [B, V] (one pass for all
+    single-token options).
+
+    Args:
+      frozen: the backbone params.
+      input_tokens: [B, Ti] left-aligned inputs (at least one real token
+        per row unless a context precedes them).
+      input_mask: [B, Ti] real-token mask.
+      context: the shared context (with the prompt); None: bare backbone.
+    """
+    tokens, mask = left_pad(input_tokens, input_mask)
+    last = jnp.full(tokens.shape[:1] + (1,), tokens.shape[1] - 1)
+    if context is None:
+      tokens, mask = self._with_bos(tokens, mask)
+      logits = self.module.apply({"params": frozen}, tokens, mask,
+                                 logits_positions=last + self.add_bos)
+    else:
+      logits = self.module.apply(
+          {"params": frozen}, tokens, mask,
+          positions=network.positions_from_mask(mask, context.length),
+          seams=context.seams(), logits_positions=last)
+    return jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1)
+
   def encode_context(self, trainable: PyTree | None, frozen: PyTree,
                      tokens: Array) -> ContextCache:
     """Keys/values of [BOS, prompt, context] for `score_batch(context=)`.

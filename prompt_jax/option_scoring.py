@@ -38,6 +38,14 @@ def _score(model: decoder_model.PromptDecoderModel, frozen: PyTree,
                            target_mask=t_mask, context=context)[0]
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _next_token(model: decoder_model.PromptDecoderModel, frozen: PyTree,
+                context: decoder_model.ContextCache | None, inputs, in_mask,
+                option_ids):
+  log_probs = model.next_token_log_probs(frozen, inputs, in_mask, context)
+  return log_probs[:, option_ids]
+
+
 def _padded(rows: Sequence[Sequence[int]], length: int
             ) -> tuple[np.ndarray, np.ndarray]:
   ids = np.zeros((len(rows), length), np.int32)
@@ -85,24 +93,43 @@ def score_options(model: decoder_model.PromptDecoderModel,
   cache = encode_shared_context(model, trainable, frozen, context)
   rows = [list(r)[-max_input_length:] if max_input_length else list(r)
           for r in inputs]
+  if all(len(o) == 1 for o in options):
+    return _single_token_scores(model, frozen, cache, rows,
+                                [o[0] for o in options], batch_size)
   num_options = len(options)
   targets, t_mask = _padded(options, max(len(o) for o in options))
   targets = np.repeat(targets, batch_size, axis=0)  # [C * B, To]
   t_mask = np.repeat(t_mask, batch_size, axis=0)
   scores = np.zeros((len(rows), num_options), np.float32)
+  for idx, ids, mask in _batches(rows, batch_size):
+    ids, mask = np.tile(ids, (num_options, 1)), np.tile(mask, (num_options, 1))
+    out = np.asarray(_score(model, frozen, cache, ids, mask, targets, t_mask))
+    scores[idx] = out.reshape(num_options, batch_size)[:, :len(idx)].T
+  return scores
+
+
+def _batches(rows: Sequence[Sequence[int]], batch_size: int):
+  """(row indices, ids [B, T], mask [B, T]) by increasing length."""
   order = np.argsort([len(r) for r in rows], kind="stable")
   for start in range(0, len(rows), batch_size):
     idx = order[start:start + batch_size]
     longest = max(max(len(rows[i]) for i in idx), 1)
-    ids, mask = _padded([rows[i] for i in idx], -(-longest // _BUCKET)
-                        * _BUCKET)
-    ids = np.tile(np.pad(ids, ((0, batch_size - len(idx)), (0, 0))),
-                  (num_options, 1))
-    mask = np.tile(np.pad(mask, ((0, batch_size - len(idx)), (0, 0))),
-                   (num_options, 1))
+    ids, mask = _padded([rows[i] for i in idx],
+                        -(-longest // _BUCKET) * _BUCKET)
+    pad = ((0, batch_size - len(idx)), (0, 0))
+    mask = np.pad(mask, pad)
     mask[:, 0] |= ~mask.any(axis=1)  # Filler rows: one visible slot.
-    out = np.asarray(_score(model, frozen, cache, ids, mask, targets, t_mask))
-    scores[idx] = out.reshape(num_options, batch_size)[:, :len(idx)].T
+    yield idx, np.pad(ids, pad), mask
+
+
+def _single_token_scores(model, frozen, cache, rows, option_ids,
+                         batch_size) -> np.ndarray:
+  """[N, C] from one pass per row: the next-token log-probs of the options."""
+  scores = np.zeros((len(rows), len(option_ids)), np.float32)
+  option_ids = jnp.asarray(option_ids, jnp.int32)
+  for idx, ids, mask in _batches(rows, batch_size):
+    out = np.asarray(_next_token(model, frozen, cache, ids, mask, option_ids))
+    scores[idx] = out[:len(idx)]
   return scores
 
 

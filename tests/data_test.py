@@ -176,3 +176,22 @@ class DataTest(absltest.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+def test_trim_padding_keeps_every_real_slot():
+  weights = np.zeros((2, 40), np.int32)
+  weights[0, 10:12] = 1
+  weights[1, 19] = 1
+  tokens = np.arange(80, dtype=np.int32).reshape(2, 40)  # Id 0 is real.
+  enc = np.zeros((2, 30), np.int32)
+  enc[1, :17] = 5
+  batch = {"decoder_target_tokens": tokens, "decoder_loss_weights": weights,
+           "encoder_input_tokens": enc}
+  out = data.trim_padding(batch, 8)
+  assert out["decoder_target_tokens"].shape == (2, 24)
+  np.testing.assert_array_equal(out["decoder_target_tokens"],
+                                tokens[:, :24])
+  assert out["decoder_loss_weights"].sum() == weights.sum()
+  assert out["encoder_input_tokens"].shape == (2, 24)
+  assert data.trim_padding(batch, 64)["decoder_loss_weights"].shape == (
+      2, 40)

@@ -1,0 +1,68 @@
+"""option_scoring: batched rank classification equals per-row scoring.
+
+Every path (single-token options in one pass, multi-token options, a shared
+context, a soft prompt, rows of mixed lengths and a partial last batch) must
+give the scores of `PromptDecoderModel.score_batch` on the row written out
+in full: [context, input] then the option.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+from prompt_jax import decoder_model
+from prompt_jax import option_scoring
+from prompt_jax.decoder import testing as decoder_testing
+
+CFG = decoder_testing.tiny_decoder_config(num_layers=2)
+
+
+def _reference(model, trainable, frozen, row, option):
+  inputs = np.array([row], np.int32)
+  target = np.array([option], np.int32)
+  return float(model.score_batch(trainable, frozen, inputs, target)[0][0])
+
+
+@pytest.mark.parametrize("options,context,with_prompt", [
+    ([[10], [11], [12]], [], False),
+    ([[10], [11]], [7, 8, 9, 30], False),
+    ([[10, 20], [11]], [7, 8, 9], True),
+    ([[10], [11]], [], True),
+])
+def test_scores_equal_per_row_reference(options, context, with_prompt):
+  model = decoder_model.PromptDecoderModel(CFG, 3)
+  frozen = decoder_testing.random_params(CFG, seed=0)
+  trainable = model.init_trainable(jax.random.key(1)) if with_prompt else None
+  rng = np.random.RandomState(0)
+  rows = [list(rng.randint(3, CFG.vocab_size, rng.randint(1, 20)))
+          for _ in range(7)]
+  got = option_scoring.score_options(model, trainable, frozen, inputs=rows,
+                                     options=options, context=context,
+                                     batch_size=4)
+  want = np.array([[_reference(model, trainable, frozen, context + r, o)
+                    for o in options] for r in rows])
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  labels = want.argmax(axis=1)
+  assert option_scoring.accuracy(got, labels) == 100.0
+
+
+def test_max_input_length_keeps_the_end():
+  model = decoder_model.PromptDecoderModel(CFG, 3)
+  frozen = decoder_testing.random_params(CFG, seed=0)
+  row = list(range(3, 40))
+  got = option_scoring.score_options(model, None, frozen, inputs=[row],
+                                     options=[[10], [11]],
+                                     max_input_length=5)
+  want = option_scoring.score_options(model, None, frozen, inputs=[row[-5:]],
+                                      options=[[10], [11]])
+  np.testing.assert_array_equal(got, want)
+
+
+def test_bad_options_and_label_counts_are_one_line():
+  model = decoder_model.PromptDecoderModel(CFG, 3)
+  frozen = decoder_testing.random_params(CFG, seed=0)
+  with pytest.raises(ValueError, match="at least one token"):
+    option_scoring.score_options(model, None, frozen, inputs=[[5]],
+                                 options=[[10], []])
+  with pytest.raises(ValueError, match="2 score rows for 3 labels"):
+    option_scoring.accuracy(np.zeros((2, 2)), [0, 1, 1])
