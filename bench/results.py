@@ -1,0 +1,283 @@
+"""The SmolLM2-135M results table of docs/RESULTS.md, from real runs.
+
+One row per (task, method): zero-shot, k-shot in-context learning (k = 2, 8,
+16; seeds 0, 1, 2), soft prompt tuning (P = 20 and 100, class-label init)
+and full fine-tuning, on SST-2, RTE and BoolQ (tasks `*_smollm2_v100`,
+`tasks/smollm2_tasks.py`). Every row is rank classification over the task's
+target words (`prompt_jax.option_scoring`), the protocol of the transformers
+reference in ../shared/bench/README.md.
+
+Each finished row is stored as `bench/results/<task>__<row>.json` (with its
+command, seeds, settings, hardware and wall time) and skipped on the next
+call unless `--force`; `--render` rewrites the generated section of
+docs/RESULTS.md from all stored rows.
+
+  .venv/bin/python bench/results.py --tasks=sst2 --rows=zero_shot,icl_k2
+  .venv/bin/python bench/results.py --render
+
+Settings: 'cpu' (this 2-core machine: few training steps, BoolQ on a fixed
+subset) or 'gpu' (longer training, every row); the row records which.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import shutil
+import sys
+import time
+
+import jax
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import seqio  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import tasks  # pylint: disable=unused-import,wrong-import-position
+from prompt_jax import checkpoints  # pylint: disable=wrong-import-position
+from prompt_jax import data as data_lib  # pylint: disable=wrong-import-position
+from prompt_jax import decoder_model  # pylint: disable=wrong-import-position
+from prompt_jax import optim  # pylint: disable=wrong-import-position
+from prompt_jax import option_scoring  # pylint: disable=wrong-import-position
+from prompt_jax import run_setup  # pylint: disable=wrong-import-position
+from prompt_jax import train as train_lib  # pylint: disable=wrong-import-position
+from prompt_jax.decoder import gguf_loading  # pylint: disable=wrong-import-position
+from prompt_jax.icl import demo_selection  # pylint: disable=wrong-import-position
+from prompt_jax.prompts import specs  # pylint: disable=wrong-import-position
+from tasks import smollm2_tasks  # pylint: disable=wrong-import-position
+from tasks import vocab  # pylint: disable=wrong-import-position
+
+OUT_DIR = ROOT / "bench" / "results"
+RUNS_DIR = ROOT / "runs" / "results"
+RESULTS_MD = ROOT / "docs" / "RESULTS.md"
+BEGIN, END = "<!-- results.py:begin -->", "<!-- results.py:end -->"
+ICL_SEEDS = (0, 1, 2)
+BENCH_DEMOS = ("Review: a gorgeous, witty, seductive movie.\nSentiment: "
+               "positive\nReview: the plot is nothing but boilerplate "
+               "clichés.\nSentiment: negative\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """A results task: seqio name and the text length its training needs."""
+  name: str
+  inputs_length: int  # Training feature length (covers the longest row).
+  cpu_eval_rows: int | None  # Fixed first-N eval rows on CPU (None: all).
+  cpu_train_rows_ok: bool  # Whether training rows run on CPU.
+
+
+TASKS = {
+    "sst2": TaskSpec(smollm2_tasks.SST2_SMOLLM2_TASK, 80, None, True),
+    "rte": TaskSpec("rte_smollm2_v100", 320, None, True),
+    "boolq": TaskSpec("boolq_smollm2_v100", 1024, 400, False),
+}
+ROWS = ("zero_shot", "icl_bench2", "icl_k2", "icl_k8", "icl_k16",
+        "prompt_p20", "prompt_p100", "full")
+SETTINGS = {
+    "cpu": {"steps": 150, "batch": 8, "full_lr": 2e-5},
+    "gpu": {"steps": 1000, "batch": 32, "full_lr": 1e-5},
+}
+
+
+def hardware() -> str:
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+  return f"{device.device_kind} x{jax.device_count()}"
+
+
+class Backbone:
+  """SmolLM2 weights, tokenizer and a bare prompt model, loaded once."""
+
+  def __init__(self):
+    self.cfg, params = gguf_loading.load_gguf(
+        gguf_loading.default_smollm2_gguf())
+    self.params = jax.device_put(params)
+    self.tokenizer = vocab.smollm2_vocabulary().tokenizer
+
+  def model(self, prompt_length: int = 1):
+    return decoder_model.PromptDecoderModel(self.cfg, prompt_length)
+
+  def encode(self, text: str) -> list[int]:
+    return list(self.tokenizer.encode(text))
+
+
+def read_split(task: TaskSpec, split: str, limit: int | None = None):
+  """[(input ids, label, input text, target text)] in file order."""
+  ds = seqio.get_mixture_or_task(task.name).get_dataset(
+      None, split=split, shuffle=False)
+  rows = []
+  for ex in ds.as_numpy_iterator():
+    rows.append((list(ex["inputs"]), int(ex["label"]),
+                 ex["inputs_pretokenized"].decode(),
+                 ex["targets_pretokenized"].decode()))
+    if limit is not None and len(rows) == limit:
+      break
+  return rows
+
+
+def _options(backbone: Backbone, task: TaskSpec) -> list[list[int]]:
+  return [backbone.encode(w)
+          for w in smollm2_tasks.CLASSIFICATION_TASKS[task.name]]
+
+
+def _eval(backbone, task, rows, trainable=None, prompt_length=1,
+          context="", frozen=None) -> float:
+  model = backbone.model(prompt_length)
+  scores = option_scoring.score_options(
+      model, trainable, backbone.params if frozen is None else frozen,
+      inputs=[r[0] for r in rows], options=_options(backbone, task),
+      context=backbone.encode(context) if context else ())
+  return option_scoring.accuracy(scores, [r[1] for r in rows])
+
+
+def demonstrations(train_rows, k: int, seed: int) -> str:
+  """k seeded train rows as `inputs targets\\n` blocks (the bench format)."""
+  idx = demo_selection.random_demonstrations(len(train_rows), k, seed)
+  return "".join(f"{train_rows[i][2]}{train_rows[i][3]}\n" for i in idx)
+
+
+def _train(backbone_cfg, task: TaskSpec, settings: dict, name: str, *,
+           prompt_length: int, part: str):
+  model_dir = RUNS_DIR / name
+  shutil.rmtree(model_dir, ignore_errors=True)
+  labels = [w.strip() for w in smollm2_tasks.CLASSIFICATION_TASKS[task.name]]
+  if part == "prompt":
+    optimizer = optim.adafactor_paper()  # lr 0.3, as the paper
+  else:
+    optimizer = optim.make_optimizer(name="adamw",
+                                     learning_rate=settings["full_lr"],
+                                     weight_decay=0.01)
+  return train_lib.train(
+      model_dir=str(model_dir), backbone=backbone_cfg,
+      prompt=run_setup.PromptConfig(prompt_length,
+                                    specs.class_labels(labels), "prefix"),
+      train_dataset_cfg=data_lib.DatasetConfig(
+          task.name, {"inputs": task.inputs_length, "targets": 1}, "train",
+          settings["batch"], shuffle=True, seed=0,
+          feature_converter="prefix_lm", trim_to_multiple=16),
+      optimizer=optimizer, total_steps=settings["steps"],
+      checkpoint_cfg=checkpoints.CheckpointConfig(
+          save_every_steps=settings["steps"], keep=1),
+      log_every_steps=25, seed=0, trainable_part=part)
+
+
+def run_row(row: str, task_key: str, backbone: Backbone, settings_name: str
+            ) -> dict:
+  """Runs one row; returns its record (accuracy in percent)."""
+  task, settings = TASKS[task_key], SETTINGS[settings_name]
+  limit = task.cpu_eval_rows if settings_name == "cpu" else None
+  rows = read_split(task, "validation", limit)
+  record = {"task": task.name, "row": row, "eval_rows": len(rows),
+            "settings": settings_name}
+  if row == "zero_shot":
+    record["accuracy"] = _eval(backbone, task, rows)
+  elif row == "icl_bench2":
+    record["accuracy"] = _eval(backbone, task, rows, context=BENCH_DEMOS)
+    record["seeds"] = "bench README demos"
+  elif row.startswith("icl_k"):
+    k = int(row[len("icl_k"):])
+    train_rows = read_split(task, "train")
+    accs = [_eval(backbone, task, rows,
+                  context=demonstrations(train_rows, k, seed))
+            for seed in ICL_SEEDS]
+    record.update(accuracy=float(np.mean(accs)), worst=min(accs),
+                  per_seed=accs, seeds=list(ICL_SEEDS))
+  else:
+    if settings_name == "cpu" and not task.cpu_train_rows_ok:
+      raise SystemExit(f"{task_key}/{row}: training rows are GPU-only "
+                       "(too long for the CPU budget)")
+    part = "full" if row == "full" else "prompt"
+    p = 1 if part == "full" else int(row[len("prompt_p"):])
+    backbone_cfg = run_setup.BackboneConfig(
+        path="smollm2", preset="smollm2_135m", kind="decoder")
+    result = _train(backbone_cfg, task, settings, f"{task_key}_{row}",
+                    prompt_length=p, part=part)
+    trained = result["trainable"]
+    if part == "full":
+      record["accuracy"] = _eval(backbone, task, rows,
+                                 frozen=trained["backbone"])
+    else:
+      record["accuracy"] = _eval(backbone, task, rows, trainable=trained,
+                                 prompt_length=p)
+    record.update(train_steps=settings["steps"], batch=settings["batch"],
+                  final_train_loss=result["train"]["loss"], seeds=[0])
+  return record
+
+
+def render() -> str:
+  """The generated Markdown section from every stored row."""
+  records = [json.loads(p.read_text()) for p in sorted(OUT_DIR.glob("*.json"))]
+  order = {r: i for i, r in enumerate(ROWS)}
+  records.sort(key=lambda r: (list(TASKS).index(r["task_key"]),
+                              order[r["row"]]))
+  lines = [BEGIN, "", "| task | method | accuracy (%) | eval rows | seeds |"
+           " training | wall | hardware |", "|---|---|---|---|---|---|---|---|"]
+  for r in records:
+    acc = f"{r['accuracy']:.2f}"
+    if "worst" in r:
+      acc += f" (worst {r['worst']:.2f}; " + ", ".join(
+          f"{a:.1f}" for a in r["per_seed"]) + ")"
+    training = (f"{r['train_steps']} steps x {r['batch']}, final loss "
+                f"{r['final_train_loss']:.3f}" if "train_steps" in r else "-")
+    lines.append(f"| {r['task']} | {r['row']} | {acc} | {r['eval_rows']} | "
+                 f"{r.get('seeds', '-')} | {training} | {r['wall_s']:.0f} s |"
+                 f" {r['hardware']} ({r['settings']}) |")
+  lines += ["", "Each row: `.venv/bin/python bench/results.py --tasks=<task> "
+            "--rows=<method>` (stored in bench/results/).", "", END]
+  return "\n".join(lines)
+
+
+def write_markdown() -> None:
+  text = RESULTS_MD.read_text()
+  if BEGIN not in text or END not in text:
+    raise SystemExit(f"{RESULTS_MD}: missing the {BEGIN} / {END} markers")
+  head, rest = text.split(BEGIN, 1)
+  tail = rest.split(END, 1)[1]
+  tmp = RESULTS_MD.with_suffix(".md.tmp")
+  tmp.write_text(head + render() + tail)
+  tmp.replace(RESULTS_MD)
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--tasks", default="sst2")
+  parser.add_argument("--rows", default=",".join(ROWS))
+  parser.add_argument("--settings", default=None, choices=sorted(SETTINGS))
+  parser.add_argument("--force", action="store_true")
+  parser.add_argument("--render", action="store_true")
+  args = parser.parse_args(argv)
+  if args.render:
+    write_markdown()
+    return
+  settings = args.settings or ("cpu" if jax.default_backend() == "cpu"
+                               else "gpu")
+  OUT_DIR.mkdir(parents=True, exist_ok=True)
+  backbone = Backbone()
+  for task_key in args.tasks.split(","):
+    for row in args.rows.split(","):
+      path = OUT_DIR / f"{task_key}__{row}.json"
+      if path.exists() and not args.force:
+        continue
+      if row == "icl_bench2" and task_key != "sst2":
+        continue
+      start = time.time()
+      record = run_row(row, task_key, backbone, settings)
+      record.update(task_key=task_key, wall_s=time.time() - start,
+                    hardware=hardware(),
+                    command=(f".venv/bin/python bench/results.py "
+                             f"--tasks={task_key} --rows={row} "
+                             f"--settings={settings}"))
+      tmp = path.with_suffix(".tmp")
+      tmp.write_text(json.dumps(record, indent=1) + "\n")
+      tmp.replace(path)
+      print(json.dumps(record), flush=True)
+  write_markdown()
+
+
+if __name__ == "__main__":
+  main()
