@@ -1,9 +1,10 @@
 """Command line: `python -m prompt_jax.main --gin_file=... --gin.KEY=VALUE`.
 
 The only module with flags. It parses gin, writes the config to the model
-directory, and calls the chosen entry point (`--mode=train|eval|infer|unseen`)
-through `gin.get_configurable`, so the library stays gin-free. Expected
-errors (bad config, unknown task, wrong file) print one line and exit 2.
+directory, and calls the chosen entry point
+(`--mode=train|eval|infer|unseen|classify`) through `gin.get_configurable`,
+so the library stays gin-free. Expected errors (bad config, unknown task,
+wrong file) print one line and exit 2.
 """
 
 import argparse
@@ -20,8 +21,8 @@ def _parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   parser = argparse.ArgumentParser(prog="python -m prompt_jax.main")
   parser.add_argument("--gin_file", action="append", default=[],
                       help="gin file (repeatable); searched in gin_configs/")
-  parser.add_argument("--mode", choices=("train", "eval", "infer", "unseen"),
-                      default="train")
+  parser.add_argument("--mode", default="train",
+                      choices=("train", "eval", "infer", "unseen", "classify"))
   args, rest = parser.parse_known_args(argv)
   bindings = []
   for arg in rest:
@@ -33,9 +34,10 @@ def _parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def _entry(mode: str):
   # pylint: disable=g-import-not-at-top
-  from prompt_jax import evaluate, infer, train, unseen_eval
+  from prompt_jax import classify, evaluate, infer, train, unseen_eval
   return {"train": train.train, "eval": evaluate.evaluate,
-          "infer": infer.infer, "unseen": unseen_eval.evaluate_unseen}[mode]
+          "infer": infer.infer, "unseen": unseen_eval.evaluate_unseen,
+          "classify": classify.classify}[mode]
 
 
 def run(argv: Sequence[str]) -> dict:

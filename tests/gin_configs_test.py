@@ -7,7 +7,9 @@ import pytest
 
 from prompt_jax import data
 from prompt_jax import gin_utils
+from prompt_jax import optim
 from prompt_jax import run_setup
+from prompt_jax import train as train_lib
 
 CONFIGS = gin_utils.GIN_CONFIGS_DIR
 MODELS = sorted(p.name for p in (CONFIGS / "models").glob("*.gin"))
@@ -22,6 +24,9 @@ REQUIRED = {
                         "MIXTURE_OR_TASK_NAME='sst2_v100'",
                         "TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 4}"],
     "prompt_infer.gin": ["MODEL_DIR='/tmp/x'", "OUTPUT_FILE='/tmp/x.jsonl'"],
+    "classify.gin": ["MODEL_DIR='/tmp/x'",
+                     "MIXTURE_OR_TASK_NAME='sst2_smollm2_v100'",
+                     "OPTIONS=[' negative', ' positive']"],
     "unseen_eval.gin": ["MODEL_DIR='/tmp/x'",
                         "TASK_NAMES=['metaicl_glue_rte_v100']",
                         "TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 4}"],
@@ -101,3 +106,26 @@ def test_decoder_files_parse_with_every_prompt(model, prompt):
   for run in RUNS:
     _parse(run, model, prompt)
     assert callable(gin.get_configurable(run_setup.PromptConfig)().init)
+
+
+
+def test_full_finetune_method_replaces_the_optimizer():
+  gin_utils.parse(["runs/prompt_train.gin", "models/t5_1_1_tiny.gin",
+                   "prompts/random.gin", "methods/full_finetune.gin"],
+                  REQUIRED["prompt_train.gin"])
+  assert gin.get_bindings(train_lib.train)["trainable_part"] == "full"
+  assert gin.get_bindings(optim.make_optimizer) == {
+      "name": "adamw", "learning_rate": 1e-5, "weight_decay": 0.01}
+
+
+def test_metaicl_method_reads_the_meta_train_split():
+  gin_utils.parse(["runs/prompt_train.gin", "methods/metaicl_train.gin",
+                   "models/smollm2_135m.gin", "prompts/random.gin"],
+                  ["MODEL_DIR='/tmp/x'", "TRAIN_STEPS=10"])
+  with gin.config_scope("train"):
+    cfg = gin.get_configurable(data.DatasetConfig)()
+  assert (cfg.split, cfg.trim_to_multiple, cfg.feature_converter) == (
+      "meta_train", 64, "prefix_lm")
+  assert cfg.mixture_or_task_name == (
+      "metaicl_hr_to_lr_16shot_direct_train_v100")
+  assert dict(cfg.task_feature_lengths) == {"inputs": 1024, "targets": 256}
