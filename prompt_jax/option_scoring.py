@@ -62,8 +62,14 @@ def encode_shared_context(model: decoder_model.PromptDecoderModel,
   """The cache of [BOS, prompt, context]; None when all three are empty."""
   if not context and trainable is None and not model.add_bos:
     return None
-  return jax.jit(model.encode_context)(
-      trainable, frozen, jnp.asarray([list(context)], jnp.int32))
+  return _encode_context(model, trainable, frozen,
+                         jnp.asarray([list(context)], jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnums=0)  # Compiled once per length.
+def _encode_context(model: decoder_model.PromptDecoderModel,
+                    trainable: PyTree | None, frozen: PyTree, context):
+  return model.encode_context(trainable, frozen, context)
 
 
 def score_options(model: decoder_model.PromptDecoderModel,
@@ -97,7 +103,8 @@ def score_options(model: decoder_model.PromptDecoderModel,
     return _single_token_scores(model, frozen, cache, rows,
                                 [o[0] for o in options], batch_size)
   num_options = len(options)
-  targets, t_mask = _padded(options, max(len(o) for o in options))
+  longest = max(len(o) for o in options)  # Bucketed: fewer compilations.
+  targets, t_mask = _padded(options, -(-longest // _BUCKET) * _BUCKET)
   targets = np.repeat(targets, batch_size, axis=0)  # [C * B, To]
   t_mask = np.repeat(t_mask, batch_size, axis=0)
   scores = np.zeros((len(rows), num_options), np.float32)

@@ -49,6 +49,7 @@ import seqio
 from prompt_jax import evaluate as evaluate_lib
 from prompt_jax import predicting
 from prompt_jax import run_setup
+from prompt_jax import unseen_decoder_eval
 from tasks import metaicl  # Registers every task (entry points may).
 
 _LOG = logging.getLogger(__name__)
@@ -379,7 +380,10 @@ def evaluate_unseen(*, model_dir: str, backbone: run_setup.BackboneConfig,
                     max_examples_per_task: int | None = None,
                     score_normalization: str = "mean",
                     trained_on: Sequence[str] = (),
-                    max_decode_length: int | None = None) -> dict[str, Any]:
+                    max_decode_length: int | None = None,
+                    decoder_method: str = "direct",
+                    decoder_calibration: str | None = None,
+                    decoder_demonstrations: str = "seed") -> dict[str, Any]:
   """Evaluates a prompt on unseen tasks; writes and returns the table.
 
   Args:
@@ -400,11 +404,31 @@ def evaluate_unseen(*, model_dir: str, backbone: run_setup.BackboneConfig,
     trained_on: tasks/mixtures the prompt was trained on; any overlap with
       `task_names` is an error.
     max_decode_length: generation length (default `targets` length).
+    decoder_method, decoder_calibration, decoder_demonstrations: for a
+      decoder backbone, which is evaluated by
+      `unseen_decoder_eval.evaluate_unseen_decoder_run` (task_names may
+      then be split names such as 'hr_to_lr'; the k-shot budget is
+      inputs + targets; prompt_file='none' evaluates without a prompt).
 
   Returns:
     The table (also written as JSON and Markdown).
   """
   _check_args(k_shot, seeds, score_normalization, max_examples_per_task)
+  if run_setup.backbone_kind(backbone) == "decoder":
+    cfg = unseen_decoder_eval.DecoderEvalConfig(
+        k=k_shot, seeds=tuple(seeds), method=decoder_method,
+        calibration=decoder_calibration, demonstrations=decoder_demonstrations,
+        split=split, max_rows_per_task=max_examples_per_task,
+        score_normalization=score_normalization, batch_size=batch_size,
+        max_length=sum(task_feature_lengths.values()))
+    return unseen_decoder_eval.evaluate_unseen_decoder_run(
+        model_dir=model_dir, backbone=backbone, prompt=prompt,
+        mesh_cfg=mesh_cfg, task_names=task_names, cfg=cfg,
+        prompt_file=prompt_file, output_dir=output_dir, trained_on=trained_on)
+  if (decoder_method, decoder_calibration, decoder_demonstrations) != (
+      "direct", None, "seed"):
+    raise ValueError("decoder_method / decoder_calibration /"
+                     " decoder_demonstrations apply to decoder backbones only")
   names = resolve_tasks(task_names)
   check_unseen(names, trained_on)
   run = run_setup.build_run(backbone=backbone, prompt=prompt,
