@@ -142,12 +142,16 @@ def demonstrations(train_rows, k: int, seed: int) -> str:
 
 
 def _train(backbone_cfg, task: TaskSpec, settings: dict, name: str, *,
-           prompt_length: int, part: str):
+           prompt_length: int, part: str, prompt_lr: float | None):
   model_dir = RUNS_DIR / name
   shutil.rmtree(model_dir, ignore_errors=True)
   labels = [w.strip() for w in smollm2_tasks.CLASSIFICATION_TASKS[task.name]]
-  if part == "prompt":
+  if part == "prompt" and prompt_lr is None:
     optimizer = optim.adafactor_paper()  # lr 0.3, as the paper
+  elif part == "prompt":
+    optimizer = optim.make_optimizer(name="adafactor",
+                                     learning_rate=prompt_lr,
+                                     weight_decay=1e-5)
   else:
     optimizer = optim.make_optimizer(name="adamw",
                                      learning_rate=settings["full_lr"],
@@ -166,8 +170,8 @@ def _train(backbone_cfg, task: TaskSpec, settings: dict, name: str, *,
       log_every_steps=25, seed=0, trainable_part=part)
 
 
-def run_row(row: str, task_key: str, backbone: Backbone, settings_name: str
-            ) -> dict:
+def run_row(row: str, task_key: str, backbone: Backbone, settings_name: str,
+            prompt_lr: float | None = None) -> dict:
   """Runs one row; returns its record (accuracy in percent)."""
   task, settings = TASKS[task_key], SETTINGS[settings_name]
   limit = task.cpu_eval_rows if settings_name == "cpu" else None
@@ -196,7 +200,7 @@ def run_row(row: str, task_key: str, backbone: Backbone, settings_name: str
     backbone_cfg = run_setup.BackboneConfig(
         path="smollm2", preset="smollm2_135m", kind="decoder")
     result = _train(backbone_cfg, task, settings, f"{task_key}_{row}",
-                    prompt_length=p, part=part)
+                    prompt_length=p, part=part, prompt_lr=prompt_lr)
     trained = result["trainable"]
     if part == "full":
       record["accuracy"] = _eval(backbone, task, rows,
@@ -205,7 +209,9 @@ def run_row(row: str, task_key: str, backbone: Backbone, settings_name: str
       record["accuracy"] = _eval(backbone, task, rows, trainable=trained,
                                  prompt_length=p)
     record.update(train_steps=settings["steps"], batch=settings["batch"],
-                  final_train_loss=result["train"]["loss"], seeds=[0])
+                  final_train_loss=result["train"]["loss"], seeds=[0],
+                  learning_rate=(settings["full_lr"] if part == "full" else
+                                 prompt_lr or 0.3))
   return record
 
 
@@ -222,7 +228,8 @@ def render() -> str:
     if "worst" in r:
       acc += f" (worst {r['worst']:.2f}; " + ", ".join(
           f"{a:.1f}" for a in r["per_seed"]) + ")"
-    training = (f"{r['train_steps']} steps x {r['batch']}, final loss "
+    training = (f"{r['train_steps']} steps x {r['batch']}, lr "
+                f"{r['learning_rate']:g}, final loss "
                 f"{r['final_train_loss']:.3f}" if "train_steps" in r else "-")
     lines.append(f"| {r['task']} | {r['row']} | {acc} | {r['eval_rows']} | "
                  f"{r.get('seeds', '-')} | {training} | {r['wall_s']:.0f} s |"
@@ -248,6 +255,9 @@ def main(argv=None) -> None:
   parser.add_argument("--tasks", default="sst2")
   parser.add_argument("--rows", default=",".join(ROWS))
   parser.add_argument("--settings", default=None, choices=sorted(SETTINGS))
+  parser.add_argument("--prompt_lr", type=float, default=None,
+                      help="Adafactor lr of prompt rows (default: the "
+                      "paper's optimizer, lr 0.3)")
   parser.add_argument("--force", action="store_true")
   parser.add_argument("--render", action="store_true")
   args = parser.parse_args(argv)
@@ -266,12 +276,14 @@ def main(argv=None) -> None:
       if row == "icl_bench2" and task_key != "sst2":
         continue
       start = time.time()
-      record = run_row(row, task_key, backbone, settings)
+      record = run_row(row, task_key, backbone, settings, args.prompt_lr)
       record.update(task_key=task_key, wall_s=time.time() - start,
                     hardware=hardware(),
                     command=(f".venv/bin/python bench/results.py "
                              f"--tasks={task_key} --rows={row} "
-                             f"--settings={settings}"))
+                             f"--settings={settings}"
+                             + (f" --prompt_lr={args.prompt_lr}"
+                                if args.prompt_lr else "")))
       tmp = path.with_suffix(".tmp")
       tmp.write_text(json.dumps(record, indent=1) + "\n")
       tmp.replace(path)

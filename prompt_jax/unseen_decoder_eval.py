@@ -364,13 +364,8 @@ def evaluate_folder(scorer: DecoderScorer, folder: str,
          "examples": first["examples"], "available": first["available"],
          "trimmed_inputs": sum(r["trimmed_inputs"] for r in runs.values()),
          "trimmed_options": 0}
-  if cfg.k:
-    row["seeds"] = {str(s): r["score"] for s, r in runs.items()}
-    row["score"] = float(np.mean(list(row["seeds"].values())))
-    row["worst"] = float(min(row["seeds"].values()))
-    row["seed_metrics"] = {str(s): r["metrics"] for s, r in runs.items()}
-  else:
-    row["score"], row["metrics"] = first["score"], first["metrics"]
+  from prompt_jax import unseen_eval  # pylint: disable=g-import-not-at-top
+  unseen_eval.add_seed_summary(row, runs, per_seed=bool(cfg.k))
   _LOG.info("unseen decoder %s: %s %.2f", folder, row["metric"], row["score"])
   return row
 

@@ -268,6 +268,23 @@ def score_task(scorer: _Scorer, task: seqio.Task, rows: TaskRows, kind: str,
           "trimmed_inputs": trimmed_inputs, "trimmed_options": trimmed_options}
 
 
+def add_seed_summary(row: dict[str, Any], runs: dict[Any, dict[str, Any]],
+                     per_seed: bool) -> None:
+  """Adds the score (mean over seeds), worst and per-seed scores to `row`.
+
+  `runs` maps seed -> {'score', 'metrics'}; without `per_seed` the single
+  run's score and metrics are copied.
+  """
+  if per_seed:
+    row["seeds"] = {str(s): r["score"] for s, r in runs.items()}
+    row["score"] = float(np.mean(list(row["seeds"].values())))
+    row["worst"] = float(min(row["seeds"].values()))
+    row["seed_metrics"] = {str(s): r["metrics"] for s, r in runs.items()}
+  else:
+    first = next(iter(runs.values()))
+    row["score"], row["metrics"] = first["score"], first["metrics"]
+
+
 def evaluate_task(scorer: _Scorer, name: str, *, split: str, k_shot: int,
                   seeds: Sequence[int],
                   max_examples: int | None) -> dict[str, Any]:
@@ -288,13 +305,7 @@ def evaluate_task(scorer: _Scorer, name: str, *, split: str, k_shot: int,
          "available": rows.available,
          "trimmed_inputs": sum(r["trimmed_inputs"] for r in runs.values()),
          "trimmed_options": sum(r["trimmed_options"] for r in runs.values())}
-  if k_shot:
-    row["seeds"] = {str(s): r["score"] for s, r in runs.items()}
-    row["score"] = float(np.mean(list(row["seeds"].values())))
-    row["worst"] = float(min(row["seeds"].values()))
-    row["seed_metrics"] = {str(s): r["metrics"] for s, r in runs.items()}
-  else:
-    row["score"], row["metrics"] = first["score"], first["metrics"]
+  add_seed_summary(row, runs, per_seed=bool(k_shot))
   if row["trimmed_options"]:
     _LOG.warning("unseen %s: %d options longer than targets length %d were"
                  " trimmed (they may tie)", name, row["trimmed_options"],
