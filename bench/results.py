@@ -270,7 +270,9 @@ def main(argv=None) -> None:
   backbone = Backbone()
   for task_key in args.tasks.split(","):
     for row in args.rows.split(","):
-      path = OUT_DIR / f"{task_key}__{row}.json"
+      lr_tag = f"_lr{args.prompt_lr:g}" if (
+          args.prompt_lr and row.startswith("prompt")) else ""
+      path = OUT_DIR / f"{task_key}__{row}{lr_tag}.json"
       if path.exists() and not args.force:
         continue
       if row == "icl_bench2" and task_key != "sst2":
