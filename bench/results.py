@@ -235,7 +235,9 @@ def render() -> str:
                  f"{r.get('seeds', '-')} | {training} | {r['wall_s']:.0f} s |"
                  f" {r['hardware']} ({r['settings']}) |")
   lines += ["", "Each row: `.venv/bin/python bench/results.py --tasks=<task> "
-            "--rows=<method>` (stored in bench/results/).", "", END]
+            "--rows=<method>`, plus `--prompt_lr=<lr>` for a prompt row "
+            "whose lr is not 0.3; the exact command is in the row's JSON "
+            "in bench/results/.", "", END]
   return "\n".join(lines)
 
 
