@@ -241,15 +241,10 @@ class PromptDecoderModel(prompt_modules.SoftPromptTrainable):
                                 enable_dropout, slots=slots)
       targets = jnp.take_along_axis(targets, slots, axis=1)
       weights = jnp.take_along_axis(weights, slots, axis=1) * valid
-    loss_sum, z_sum = losses.cross_entropy(
-        logits, targets, weights, self.loss_cfg.z_loss,
-        self.loss_cfg.label_smoothing)
-    correct, count = losses.token_accuracy(logits, targets, weights)
-    loss = loss_sum
-    if self.loss_cfg.normalize_by_tokens:
-      loss = loss_sum / jnp.maximum(count, 1.0)
-    return loss, {"loss_sum": loss_sum, "z_loss_sum": z_sum,
-                  "correct": correct, "tokens": count}
+    return losses.loss_and_metrics(
+        logits, targets, weights, z_loss=self.loss_cfg.z_loss,
+        label_smoothing=self.loss_cfg.label_smoothing,
+        normalize_by_tokens=self.loss_cfg.normalize_by_tokens)
 
   def score_batch(self, trainable: PyTree, frozen: PyTree,
                   input_tokens: Array, targets: Array, *,

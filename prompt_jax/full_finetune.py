@@ -66,9 +66,6 @@ class FullFinetuneModel:
     del trainable
     return None
 
-  def backbone_of(self, trainable: PyTree) -> PyTree:
-    return trainable["backbone"]
-
   def loss_fn(self, trainable: PyTree, frozen: PyTree,
               batch: Mapping[str, Array], rng: PRNGKey | None = None,
               enable_dropout: bool = False

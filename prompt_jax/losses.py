@@ -40,3 +40,27 @@ def token_accuracy(logits: Array, targets: Array, weights: Array
   correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
   weights = weights.astype(jnp.float32)
   return jnp.sum(correct * weights), jnp.sum(weights)
+
+
+def loss_and_metrics(logits: Array, targets: Array, weights: Array, *,
+                     z_loss: float = 0.0, label_smoothing: float = 0.0,
+                     normalize_by_tokens: bool = True
+                     ) -> tuple[Array, dict[str, Array]]:
+  """The training loss and summed metrics of both prompt models.
+
+  Args:
+    logits: [B, T, V]; targets, weights: [B, T].
+
+  Returns:
+    (loss, metrics): the loss is the summed cross entropy (divided by the
+    weighted token count if `normalize_by_tokens`); metrics hold sums
+    (`loss_sum`, `z_loss_sum`, `correct`, `tokens`) so they aggregate
+    exactly across microbatches.
+  """
+  loss_sum, z_sum = cross_entropy(logits, targets, weights, z_loss,
+                                  label_smoothing)
+  correct, count = token_accuracy(logits, targets, weights)
+  loss = loss_sum / jnp.maximum(count, 1.0) if normalize_by_tokens else (
+      loss_sum)
+  return loss, {"loss_sum": loss_sum, "z_loss_sum": z_sum,
+                "correct": correct, "tokens": count}

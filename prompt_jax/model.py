@@ -96,16 +96,10 @@ class PromptT5Model(prompt_modules.SoftPromptTrainable):
     logits = self.logits(trainable, frozen, batch, rng, enable_dropout)
     targets = batch["decoder_target_tokens"]
     weights = batch.get("decoder_loss_weights", targets > 0)
-    loss_sum, z_sum = losses.cross_entropy(
-        logits, targets, weights, self.loss_cfg.z_loss,
-        self.loss_cfg.label_smoothing)
-    correct, tokens = losses.token_accuracy(logits, targets, weights)
-    loss = loss_sum
-    if self.loss_cfg.normalize_by_tokens:
-      loss = loss_sum / jnp.maximum(tokens, 1.0)
-    metrics = {"loss_sum": loss_sum, "z_loss_sum": z_sum, "correct": correct,
-               "tokens": tokens}
-    return loss, metrics
+    return losses.loss_and_metrics(
+        logits, targets, weights, z_loss=self.loss_cfg.z_loss,
+        label_smoothing=self.loss_cfg.label_smoothing,
+        normalize_by_tokens=self.loss_cfg.normalize_by_tokens)
 
   def score_batch(self, trainable: PyTree, frozen: PyTree,
                   encoder_tokens: Array, targets: Array

@@ -112,11 +112,19 @@ _SIZE_FIELDS = ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim",
                 "num_encoder_layers", "num_decoder_layers")
 
 
-def check_size(loaded: config_lib.T5Config, expected: config_lib.T5Config,
-               path: str, preset: str) -> None:
-  """One-line error when a checkpoint is not the size the config names."""
+_DECODER_SIZE_FIELDS = ("vocab_size", "emb_dim", "num_heads", "num_kv_heads",
+                        "head_dim", "mlp_dim", "num_layers")
+
+
+def check_size(loaded: Any, expected: Any, path: str, preset: str,
+               fields: tuple[str, ...] = _SIZE_FIELDS) -> None:
+  """One-line error when a checkpoint is not the size the config names.
+
+  `loaded`/`expected` are T5 or decoder configs; `fields` the shape fields
+  to compare (the T5 ones by default).
+  """
   diffs = [f"{f} {getattr(loaded, f)} != {getattr(expected, f)}"
-           for f in _SIZE_FIELDS if getattr(loaded, f) != getattr(expected, f)]
+           for f in fields if getattr(loaded, f) != getattr(expected, f)]
   if diffs:
     raise ValueError(f"backbone {path} is not a {preset} checkpoint: "
                      + ", ".join(diffs) + " (use the matching models/*.gin)")
@@ -194,18 +202,8 @@ def load_decoder(cfg: BackboneConfig, mesh, rules
     path = _decoder_path(cfg.path)
     dec_cfg, params = hf_loading.load_backbone(path, **overrides)
     if cfg.preset is not None:
-      expected = decoder_config_lib.preset(cfg.preset, **overrides)
-      diffs = [f"{f.name} {getattr(dec_cfg, f.name)} != "
-               f"{getattr(expected, f.name)}"
-               for f in dataclasses.fields(expected)
-               if f.name in ("vocab_size", "emb_dim", "num_heads",
-                             "num_kv_heads", "head_dim", "mlp_dim",
-                             "num_layers")
-               and getattr(dec_cfg, f.name) != getattr(expected, f.name)]
-      if diffs:
-        raise ValueError(f"backbone {path} is not a {cfg.preset} checkpoint: "
-                         + ", ".join(diffs) + " (use the matching "
-                         "models/*.gin)")
+      check_size(dec_cfg, decoder_config_lib.preset(cfg.preset, **overrides),
+                 path, cfg.preset, _DECODER_SIZE_FIELDS)
     shardings = partitioning.param_shardings(
         partitioning.abstract_variables(module_of(dec_cfg), sample)["params"],
         mesh, rules)
