@@ -34,6 +34,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from prompt_jax.array_batches import PREFIX_LM_KEYS, trim_padding
+
 
 def _hide_gpus_from_tensorflow() -> None:
   try:
@@ -46,8 +48,6 @@ _hide_gpus_from_tensorflow()
 
 FEATURE_KEYS = ("encoder_input_tokens", "decoder_input_tokens",
                 "decoder_target_tokens", "decoder_loss_weights")
-PREFIX_LM_KEYS = ("decoder_input_tokens", "decoder_target_tokens",
-                  "decoder_loss_weights", "decoder_causal_attention")
 Batch = dict[str, np.ndarray]
 
 _CONVERTERS = {
@@ -249,39 +249,6 @@ class TrainBatches:
     if self.cfg.trim_to_multiple:
       batch = trim_padding(batch, self.cfg.trim_to_multiple)
     return batch
-
-
-def _used_length(mask: np.ndarray) -> int:
-  """1 + the last column where any row of a [B, L] mask is set (0: none)."""
-  columns = np.flatnonzero(mask.any(axis=0))
-  return int(columns[-1]) + 1 if columns.size else 0
-
-
-def trim_padding(batch: Batch, multiple: int) -> Batch:
-  """Drops trailing all-padding columns, keeping a multiple of `multiple`.
-
-  Decoder-side keys (`decoder_*`) end at the last slot with a loss weight
-  (token ids cannot tell padding: SmolLM2's id 0 is a real token);
-  `encoder_input_tokens` ends at its last non-zero id (T5 pads with 0).
-
-  Args:
-    batch: {key: [B, L]} arrays of one feature converter.
-    multiple: round kept lengths up to this (capped at L).
-  """
-  out = dict(batch)
-  weights = batch.get("decoder_loss_weights")
-  if weights is not None:
-    keep = _used_length(weights > 0)
-    keep = min(-(-max(keep, 1) // multiple) * multiple, weights.shape[1])
-    for key, value in batch.items():
-      if key.startswith("decoder_"):
-        out[key] = value[:, :keep]
-  enc = batch.get("encoder_input_tokens")
-  if enc is not None:
-    keep = min(-(-max(_used_length(enc != 0), 1) // multiple) * multiple,
-               enc.shape[1])
-    out["encoder_input_tokens"] = enc[:, :keep]
-  return out
 
 
 def _pad_rows(batch: Batch, batch_size: int) -> Batch:

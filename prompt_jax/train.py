@@ -5,22 +5,39 @@ Gin-free; `main.py` wraps it with `gin.configurable`. A run directory holds
 (`prompt_step_<N>.npy`), `metrics.jsonl`, `tb/` and `config.gin`.
 Restarting with the same directory resumes from the latest checkpoint and
 replays exactly the batches an uninterrupted run would have seen.
+
+Batches come from a seqio task (`train_dataset_cfg`) or, where seqio and
+TensorFlow are not installed, from any resumable iterator
+(`train_batches_fn`), e.g. pre-tokenized MetaICL examples:
+
+  mixture = lambda p: array_batches.MixtureBatches(
+      tasks, batch_size=16, max_length=1024, cap=16384, start_position=p)
+  train(model_dir=..., backbone=..., prompt=..., optimizer=...,
+        total_steps=30000, train_batches_fn=mixture,
+        target_length=mixture(0).max_target_length)
+
+`prompt_jax.data` and `prompt_jax.evaluation` (seqio, TensorFlow) are
+imported only when a dataset config asks for them.
 """
+
+from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 import optax
 
 from prompt_jax import checkpoints
-from prompt_jax import data as data_lib
-from prompt_jax import evaluation
 from prompt_jax import metric_writers
 from prompt_jax import run_setup
 from prompt_jax import trainer as trainer_lib
+
+if TYPE_CHECKING:
+  from prompt_jax import data as data_lib
 
 _LOG = logging.getLogger(__name__)
 
@@ -58,10 +75,42 @@ def _restore_or_init(ckpt, trainer, seed: int):
   return state, int(position["batches"])
 
 
+def _check_batch_source(train_dataset_cfg: data_lib.DatasetConfig | None,
+                        train_batches_fn: Callable | None,
+                        target_length: int | None) -> None:
+  if (train_dataset_cfg is None) == (train_batches_fn is None):
+    raise ValueError("train: give exactly one of train_dataset_cfg and "
+                     "train_batches_fn (got "
+                     f"{'both' if train_batches_fn else 'neither'}).")
+  if train_dataset_cfg is not None and target_length is not None:
+    raise ValueError(
+        "train: target_length goes with train_batches_fn only; with "
+        "train_dataset_cfg it is task_feature_lengths['targets'].")
+
+
+def _open_batches(train_dataset_cfg: data_lib.DatasetConfig | None,
+                  train_batches_fn: Callable[[int], Iterator] | None,
+                  position: int) -> tuple[Iterator, int]:
+  """(batches from `position` on, batch size for the ex/s log line)."""
+  if train_dataset_cfg is not None:
+    from prompt_jax import data as data_lib  # pylint: disable=g-import-not-at-top,redefined-outer-name
+    return (data_lib.TrainBatches(train_dataset_cfg, start_position=position),
+            train_dataset_cfg.batch_size)
+  batches = train_batches_fn(position)
+  if getattr(batches, "position", None) != position:
+    raise ValueError(
+        f"train_batches_fn({position}) returned an iterator whose .position "
+        f"is {getattr(batches, 'position', 'missing')}, not {position}; it "
+        "must start at the given position (e.g. start_position=p).")
+  return batches, getattr(batches, "batch_size", 0)
+
+
 def train(*, model_dir: str, backbone: run_setup.BackboneConfig,
           prompt: run_setup.PromptConfig,
-          train_dataset_cfg: data_lib.DatasetConfig,
           optimizer: optax.GradientTransformation, total_steps: int,
+          train_dataset_cfg: data_lib.DatasetConfig | None = None,
+          train_batches_fn: Callable[[int], Iterator] | None = None,
+          target_length: int | None = None,
           eval_dataset_cfg: data_lib.DatasetConfig | None = None,
           checkpoint_cfg: checkpoints.CheckpointConfig = (
               checkpoints.CheckpointConfig()),
@@ -72,14 +121,30 @@ def train(*, model_dir: str, backbone: run_setup.BackboneConfig,
   """Trains a soft prompt on a frozen backbone (or, with
   `trainable_part='full'`, every backbone weight and no prompt).
 
+  Args (the batch source; the rest as named):
+    train_dataset_cfg: a seqio task or mixture to read (needs seqio).
+    train_batches_fn: instead, `start position -> iterator of numpy
+      batches` with a `.position` property (batches consumed, saved with
+      each checkpoint) and, for the ex/s log, a `.batch_size`; e.g.
+      `lambda p: array_batches.MixtureBatches(..., start_position=p)`.
+    target_length: with `train_batches_fn`, the most target tokens of a row
+      (the decoder loss projects only those slots); None: all slots.
+
+  Raises:
+    ValueError: unless exactly one of `train_dataset_cfg` and
+      `train_batches_fn` is given.
+
   Returns:
     `{'step': final step, 'train': last train metrics, 'eval': last eval
     metrics or None, 'preempted': bool, 'trainable': the final trainable
     tree (on device)}`.
   """
+  _check_batch_source(train_dataset_cfg, train_batches_fn, target_length)
+  if train_dataset_cfg is not None:
+    target_length = train_dataset_cfg.task_feature_lengths["targets"]
   run = run_setup.build_run(
       backbone=backbone, prompt=prompt, mesh_cfg=mesh_cfg,
-      target_length=train_dataset_cfg.task_feature_lengths["targets"])
+      target_length=target_length)
   run = run_setup.with_trainable_part(run, trainable_part)
   trainer = trainer_lib.Trainer(
       run.model, optimizer, run.mesh, run.rules,
@@ -87,10 +152,10 @@ def train(*, model_dir: str, backbone: run_setup.BackboneConfig,
   ckpt = checkpoints.TrainCheckpointer(model_dir, checkpoint_cfg)
   state, position = _restore_or_init(ckpt, trainer, seed)
   step = int(state.step)
-  batches = data_lib.TrainBatches(train_dataset_cfg, start_position=position)
+  batches, batch_size = _open_batches(train_dataset_cfg, train_batches_fn,
+                                      position)
   writer = metric_writers.MetricWriter(model_dir)
-  progress = metric_writers.Progress(total_steps,
-                                     train_dataset_cfg.batch_size, step)
+  progress = metric_writers.Progress(total_steps, batch_size, step)
   watcher = checkpoints.PreemptionWatcher()
   base_rng = jax.random.key(seed)
   result = {"train": None, "eval": None, "preempted": False}
@@ -111,6 +176,7 @@ def train(*, model_dir: str, backbone: run_setup.BackboneConfig,
                   prompt=run.model.prompt_of(state.trainable))
       if eval_dataset_cfg and eval_every_steps and (
           step % eval_every_steps == 0 or step == total_steps):
+        from prompt_jax import evaluation  # pylint: disable=g-import-not-at-top
         result["eval"] = evaluation.teacher_forced(
             trainer, state.trainable, run.frozen, eval_dataset_cfg)
         writer.write(step, "eval", result["eval"])

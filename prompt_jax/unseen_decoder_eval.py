@@ -3,15 +3,15 @@
 For each test task of a MetaICL split (`hr_to_lr`, ...) and each seed (13,
 21, 42, 87, 100), the k demonstrations are the seed's `<task>_16_<seed>_
 train.jsonl` rows (all 16 in file order, or a seeded subset for k < 16:
-`tasks.kshot.train_file_demonstrations`); every query row of the `test` file
+`kshot_format.train_file_demonstrations`); every query row of the `test` file
 (or the seed's `dev` file) is ranked over ITS OWN options with
 `prompt_jax.option_scoring.score_options`:
 
   direct  (P(y|x)):  [x_1 y_1 ... x_k y_k x] -> score " y" for each option y
   channel (P(x|y)):  [y_1 x_1 ... y_k x_k y] -> score " x" for each option y
 
-Layout and length limits (context cut from the left): `tasks.kshot.
-format_ids`, decoder layout. Rows sharing a context and options share a call
+Layout and length limits (context cut from the left):
+`kshot_format.format_ids`, decoder layout. Rows sharing a context and options share a call
 and the encoded context. Scores: summed log-probabilities, per token with
 `score_normalization='mean'` (MetaICL). Prediction = argmax; metric =
 MetaICL's macro-F1 (classification) or accuracy (multiple choice); per task
@@ -48,6 +48,9 @@ from prompt_jax import option_scoring
 from prompt_jax.icl import calibration as calibration_lib
 from prompt_jax.icl import demo_selection
 from prompt_jax.icl import embeddings
+from prompt_jax.icl import kshot_format
+from prompt_jax.icl import metaicl_pool
+from prompt_jax.icl import metaicl_splits
 from prompt_jax.types import PyTree
 
 _LOG = logging.getLogger(__name__)
@@ -56,21 +59,10 @@ CALIBRATIONS = (None, "contextual")
 DEMONSTRATIONS = ("seed", "knn")
 NORMALIZATIONS = ("mean", "sum")
 QUERY_SPLITS = ("test", "dev")
-MAX_K = 16  # The rows of one seed's train file (tasks.metaicl.K_SHOT).
+MAX_K = metaicl_pool.K_SHOT  # The rows of one seed's train file.
 Demo = tuple[str, str]
 _BUCKET = 16
 _embed = jax.jit(embeddings.decoder_sentence_embeddings, static_argnums=0)
-
-
-# pylint: disable=g-import-not-at-top  (tasks/ import seqio: lazily)
-def _kshot():
-  from tasks import kshot
-  return kshot
-
-
-def _metaicl():
-  from tasks import metaicl
-  return metaicl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +100,8 @@ class DecoderEvalConfig:
         raise ValueError(f"DecoderEvalConfig: {message}")
 
   def kshot_format(self):
-    """The `tasks.kshot.KShotFormat` of this config (decoder layout)."""
-    return _kshot().KShotFormat(
+    """The `kshot_format.KShotFormat` of this config (decoder layout)."""
+    return kshot_format.KShotFormat(
         method=self.method, layout="decoder", max_length=self.max_length,
         max_length_per_example=self.max_length_per_example)
 
@@ -149,15 +141,14 @@ class _Cell(NamedTuple):
 
 def _cells(scorer: DecoderScorer, fmt, demos: Sequence[Demo], query: str,
            options: Sequence[str], where: str) -> list[_Cell]:
-  """The cells of one row, laid out by `kshot.format_ids`."""
-  kshot = _kshot()
+  """The cells of one row, laid out by `kshot_format.format_ids`."""
   cells = []
   for option in options:
-    ids = kshot.format_ids(demos, (query, option), fmt, scorer.ids,
+    ids = kshot_format.format_ids(demos, (query, option), fmt, scorer.ids,
                            where=where)
     # Where the context ends does not change the score (causal LM); this
     # split keeps the demonstrations as the shared, cached part.
-    query_piece = kshot.kshot_pieces(demos, (query, option), fmt)[1]
+    query_piece = kshot_format.kshot_pieces(demos, (query, option), fmt)[1]
     cut = max(0, len(ids.inputs) - len(scorer.ids(query_piece)))
     cells.append(_Cell(tuple(ids.inputs[:cut]), tuple(ids.inputs[cut:]),
                        tuple(ids.targets), ids.num_truncated > 0))
@@ -183,7 +174,7 @@ def option_scores(scorer: DecoderScorer, fmt, demos: Sequence[Sequence[Demo]],
 
   Args:
     scorer: model, params, prompt and encoder.
-    fmt: a `tasks.kshot.KShotFormat`, decoder layout (its method decides
+    fmt: a `kshot_format.KShotFormat`, decoder layout (its method decides
       what is scored: direct " y"; channel " x" after the option).
     demos, queries, options: per row, its demonstrations, input x, options.
     normalization: 'sum' (summed log-probability) or 'mean' (per token).
@@ -289,10 +280,9 @@ def knn_demonstrations(scorer: DecoderScorer, train: Sequence[Demo],
 def task_metrics(kind: str, targets: Sequence[str],
                  predictions: Sequence[str]) -> tuple[str, dict[str, float]]:
   """(primary metric, metrics): macro-F1 for classification, else accuracy."""
-  metaicl = _metaicl()
-  metrics = {"accuracy": metaicl.exact_match_accuracy(targets, predictions)}
+  metrics = {"accuracy": metaicl_pool.exact_match_accuracy(targets, predictions)}
   if kind == "classification":
-    metrics["macro_f1"] = metaicl.macro_f1(targets, predictions)
+    metrics["macro_f1"] = metaicl_pool.macro_f1(targets, predictions)
     return "macro_f1", metrics
   return "accuracy", metrics
 
@@ -303,15 +293,14 @@ def _query_split(cfg: DecoderEvalConfig, seed: int) -> str:
 
 def skip_reason(folder: str, cfg: DecoderEvalConfig) -> str | None:
   """Why a test task cannot be evaluated here, or None."""
-  metaicl = _metaicl()
-  if folder not in metaicl.NAME_OF:
+  if folder not in metaicl_pool.NAME_OF:
     return "not in the MetaICL pool under the data root"
-  source = metaicl.MetaICLSource(folder)
+  source = metaicl_pool.MetaICLFiles(folder)
   try:
     for seed in cfg.seeds:
       source.paths(_query_split(cfg, seed))
       source.paths(f"train_{seed}")
-    kind = metaicl.task_type(folder)
+    kind = metaicl_pool.task_type(folder)
   except (FileNotFoundError, ValueError) as e:
     return f"no data: {e}"
   return "free-form (no options to rank)" if kind == "free-form" else None
@@ -320,8 +309,7 @@ def skip_reason(folder: str, cfg: DecoderEvalConfig) -> str | None:
 def evaluate_seed(scorer: DecoderScorer, folder: str, seed: int | None,
                   cfg: DecoderEvalConfig) -> dict[str, Any]:
   """One run of one task: {metric, score, metrics, examples, ...}."""
-  metaicl, kshot = _metaicl(), _kshot()
-  source = metaicl.MetaICLSource(folder)
+  source = metaicl_pool.MetaICLFiles(folder)
   query_rows = source.read(_query_split(cfg, seed or cfg.seeds[0]))
   rows = query_rows[:cfg.max_rows_per_task]
   queries, options = [r[0] for r in rows], [r[2] for r in rows]
@@ -331,7 +319,7 @@ def evaluate_seed(scorer: DecoderScorer, folder: str, seed: int | None,
     demos = knn_demonstrations(scorer, train, queries, cfg.k, task=folder,
                                max_tokens=cfg.max_length_per_example)
   else:  # k = 0: seed None, no demonstrations.
-    demos = [kshot.train_file_demonstrations(train, cfg.k, seed or 0,
+    demos = [kshot_format.train_file_demonstrations(train, cfg.k, seed or 0,
                                              task=folder)] * len(rows)
   fmt = cfg.kshot_format()
   kwargs = dict(normalization=cfg.score_normalization,
@@ -346,7 +334,7 @@ def evaluate_seed(scorer: DecoderScorer, folder: str, seed: int | None,
     scores = [calibration_lib.calibrate(s[None], p_cf[(tuple(d), o)])[0]
               for s, d, o in zip(scores, demos, options)]
   predictions = [o[int(np.argmax(s))] for o, s in zip(options, scores)]
-  metric, metrics = task_metrics(metaicl.task_type(folder),
+  metric, metrics = task_metrics(metaicl_pool.task_type(folder),
                                  [r[1] for r in rows], predictions)
   return {"metric": metric, "score": metrics[metric], "metrics": metrics,
           "examples": len(rows), "available": len(query_rows),
@@ -359,7 +347,7 @@ def evaluate_folder(scorer: DecoderScorer, folder: str,
   seeds = cfg.seeds if cfg.k else (None,)
   runs = {seed: evaluate_seed(scorer, folder, seed, cfg) for seed in seeds}
   first = next(iter(runs.values()))
-  row = {"task": folder, "type": _metaicl().task_type(folder),
+  row = {"task": folder, "type": metaicl_pool.task_type(folder),
          "method": f"rank-{cfg.method}", "metric": first["metric"],
          "examples": first["examples"], "available": first["available"],
          "trimmed_inputs": sum(r["trimmed_inputs"] for r in runs.values()),
@@ -378,19 +366,17 @@ def split_test_folders(names: Sequence[str]) -> list[str]:
   Raises:
     ValueError: (one line) for a `metaicl_...` name that is none of these.
   """
-  from tasks import mixtures
-  metaicl = _metaicl()
   by_name = {}
-  for split in mixtures.SPLIT_NAMES:
-    for alias in (split, mixtures.test_mixture_name(split),
-                  mixtures.test_list_name(split)):
-      by_name[alias] = mixtures.METAICL_SPLITS[split]["test"]
+  for split in metaicl_splits.SPLIT_NAMES:
+    for alias in (split, metaicl_splits.test_mixture_name(split),
+                  metaicl_splits.test_list_name(split)):
+      by_name[alias] = metaicl_splits.test_folders(split)
   out = []
   for name in names:
     if name in by_name:
       folders = by_name[name]
-    elif name in metaicl.FOLDER_OF:
-      folders = (metaicl.FOLDER_OF[name],)
+    elif name in metaicl_pool.FOLDER_OF:
+      folders = (metaicl_pool.FOLDER_OF[name],)
     elif name.startswith("metaicl_"):
       raise ValueError(f"{name!r} is neither a MetaICL split, its test"
                        " mixture/list, nor a MetaICL task")
