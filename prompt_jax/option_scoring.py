@@ -15,6 +15,11 @@ Example:
                                   tok.encode(" positive")],
                          context=tok.encode(demos_text))
   predictions = scores.argmax(axis=1)            # [N]
+
+Without a shared context (per-row kNN demonstrations, or fixed shapes for
+an accelerator), `score_pairs` scores (input, target) pairs one by one:
+inputs padded to a multiple of `bucket`, so a coarse bucket (256) bounds the
+compilations to a handful.
 """
 
 import functools
@@ -44,6 +49,13 @@ def _next_token(model: decoder_model.PromptDecoderModel, frozen: PyTree,
                 option_ids):
   log_probs = model.next_token_log_probs(frozen, inputs, in_mask, context)
   return log_probs[:, option_ids]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _score_pairs(model: decoder_model.PromptDecoderModel, trainable: PyTree,
+                 frozen: PyTree, inputs, in_mask, targets, t_mask):
+  return model.score_batch(trainable, frozen, inputs, targets,
+                           input_mask=in_mask, target_mask=t_mask)[0]
 
 
 def _padded(rows: Sequence[Sequence[int]], length: int
@@ -115,14 +127,56 @@ def score_options(model: decoder_model.PromptDecoderModel,
   return scores
 
 
-def _batches(rows: Sequence[Sequence[int]], batch_size: int):
+def score_pairs(model: decoder_model.PromptDecoderModel,
+                trainable: PyTree | None, frozen: PyTree, *,
+                inputs: Sequence[Sequence[int]],
+                targets: Sequence[Sequence[int]], batch_size: int = 32,
+                bucket: int = _BUCKET) -> np.ndarray:
+  """Summed log p(targets[i] | prompt, inputs[i]) for each pair [N].
+
+  Args:
+    model, trainable, frozen: as `score_options` (trainable None: no prompt).
+    inputs: N token-id rows (context included), no padding.
+    targets: N non-empty token-id rows.
+    batch_size: pairs per call.
+    bucket: inputs are padded to a multiple of this (targets to one of 16):
+      each distinct padded shape compiles once.
+
+  Returns:
+    [N] float32 scores.
+  """
+  if len(inputs) != len(targets):
+    raise ValueError(f"score_pairs: {len(inputs)} inputs but {len(targets)}"
+                     " targets")
+  if any(len(t) == 0 for t in targets):
+    raise ValueError("score_pairs: every target needs at least one token")
+  scores = np.zeros(len(inputs), np.float32)
+  by_target = {}  # Target bucket -> pair indices: one shape per group.
+  for i, t in enumerate(targets):
+    by_target.setdefault(-(-len(t) // _BUCKET) * _BUCKET, []).append(i)
+  for length, members in sorted(by_target.items()):
+    rows = [inputs[i] for i in members]
+    for idx, ids, mask in _batches(rows, batch_size, bucket):
+      chosen = [members[j] for j in idx]
+      tgt, t_mask = _padded([targets[i] for i in chosen], length)
+      pad = ((0, batch_size - len(chosen)), (0, 0))
+      t_mask = np.pad(t_mask, pad)
+      t_mask[len(chosen):, 0] = True  # Filler rows: one scored slot.
+      out = _score_pairs(model, trainable, frozen, ids, mask,
+                         np.pad(tgt, pad), t_mask)
+      scores[chosen] = np.asarray(out)[:len(chosen)]
+  return scores
+
+
+def _batches(rows: Sequence[Sequence[int]], batch_size: int,
+             bucket: int = _BUCKET):
   """(row indices, ids [B, T], mask [B, T]) by increasing length."""
   order = np.argsort([len(r) for r in rows], kind="stable")
   for start in range(0, len(rows), batch_size):
     idx = order[start:start + batch_size]
     longest = max(max(len(rows[i]) for i in idx), 1)
     ids, mask = _padded([rows[i] for i in idx],
-                        -(-longest // _BUCKET) * _BUCKET)
+                        -(-longest // bucket) * bucket)
     pad = ((0, batch_size - len(idx)), (0, 0))
     mask = np.pad(mask, pad)
     mask[:, 0] |= ~mask.any(axis=1)  # Filler rows: one visible slot.

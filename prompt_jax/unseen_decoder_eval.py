@@ -79,6 +79,8 @@ class DecoderEvalConfig:
   max_length: int = 1024
   max_length_per_example: int = 256
   batch_size: int = 16
+  shared_context: bool = True  # False: fixed shapes (`option_scores`).
+  length_bucket: int = 16
 
   def __post_init__(self):
     for name, allowed in (("method", METHODS), ("calibration", CALIBRATIONS),
@@ -95,7 +97,9 @@ class DecoderEvalConfig:
         (self.demonstrations != "knn" or self.k > 0,
          "demonstrations='knn' needs k > 0"),
         (self.max_rows_per_task is None or self.max_rows_per_task > 0,
-         f"max_rows_per_task={self.max_rows_per_task} must be > 0")]:
+         f"max_rows_per_task={self.max_rows_per_task} must be > 0"),
+        (self.length_bucket > 0,
+         f"length_bucket={self.length_bucket} must be > 0")]:
       if not ok:
         raise ValueError(f"DecoderEvalConfig: {message}")
 
@@ -168,7 +172,7 @@ def _problem(scorer: DecoderScorer, cell: _Cell) -> str | None:
 def option_scores(scorer: DecoderScorer, fmt, demos: Sequence[Sequence[Demo]],
                   queries: Sequence[str], options: Sequence[Sequence[str]], *,
                   normalization: str = "sum", batch_size: int = 16,
-                  share_context: bool = True,
+                  share_context: bool = True, bucket: int = 16,
                   where: str = "") -> tuple[list[np.ndarray], int]:
   """Per-row option scores: log p(option-side text | context) per option.
 
@@ -180,8 +184,11 @@ def option_scores(scorer: DecoderScorer, fmt, demos: Sequence[Sequence[Demo]],
     normalization: 'sum' (summed log-probability) or 'mean' (per token).
     batch_size: rows per compiled call.
     share_context: encode each distinct context once (the same for many
-      rows); False: it goes into each row (per-row kNN contexts, batched
-      with length buckets instead of one compilation per context length).
+      rows); False: every (row, option) is one sequence [context, query,
+      target] (`option_scoring.score_pairs`: per-row kNN contexts, or fixed
+      shapes on an accelerator).
+    bucket: without a shared context, inputs are padded to a multiple of
+      this: each padded length compiles once.
     where: task / seed, for error messages.
 
   Returns:
@@ -192,18 +199,20 @@ def option_scores(scorer: DecoderScorer, fmt, demos: Sequence[Sequence[Demo]],
   """
   groups: dict[tuple, list[tuple[tuple[int, ...], list[tuple[int, int]]]]] = {}
   scores = [np.zeros(len(o)) for o in options]
+  pairs = []  # Without a shared context: ((row, option), inputs, target).
   truncated = 0
   for row, (row_demos, query, row_options) in enumerate(
       zip(demos, queries, options)):
     cells = _cells(scorer, fmt, row_demos, query, row_options,
                    f"{where} row {row}")
-    if not share_context:
-      cells = [_Cell((), c.context + c.inputs, *c[2:]) for c in cells]
     for cell in cells:
       if (problem := _problem(scorer, cell)) is not None:
         raise ValueError(f"{where} row {row}: cannot score: {problem}")
     truncated += any(c.truncated for c in cells)
-    if len({(c.context, c.inputs) for c in cells}) == 1:  # One row, C options.
+    if not share_context:
+      pairs.extend(((row, j), c.context + c.inputs, c.target)
+                   for j, c in enumerate(cells))
+    elif len({(c.context, c.inputs) for c in cells}) == 1:  # One row, C options.
       key = (cells[0].context, tuple(c.target for c in cells))
       groups.setdefault(key, []).append(
           (cells[0].inputs, [(row, j) for j in range(len(cells))]))
@@ -211,6 +220,14 @@ def option_scores(scorer: DecoderScorer, fmt, demos: Sequence[Sequence[Demo]],
       for j, c in enumerate(cells):
         groups.setdefault((c.context, (c.target,)), []).append(
             (c.inputs, [(row, j)]))
+  if pairs:
+    got = option_scoring.score_pairs(
+        scorer.model, scorer.trainable, scorer.frozen,
+        inputs=[p[1] for p in pairs], targets=[p[2] for p in pairs],
+        batch_size=batch_size, bucket=bucket)
+    for ((row, j), _, target), value in zip(pairs, got):
+      scores[row][j] = value / (len(target) if normalization == "mean"
+                                else 1)
   for (context, targets), members in groups.items():
     got = option_scoring.score_options(
         scorer.model, scorer.trainable, scorer.frozen,
@@ -323,8 +340,9 @@ def evaluate_seed(scorer: DecoderScorer, folder: str, seed: int | None,
                                              task=folder)] * len(rows)
   fmt = cfg.kshot_format()
   kwargs = dict(normalization=cfg.score_normalization,
-                batch_size=cfg.batch_size,
-                share_context=cfg.demonstrations == "seed")
+                batch_size=cfg.batch_size, bucket=cfg.length_bucket,
+                share_context=(cfg.demonstrations == "seed"
+                               and cfg.shared_context))
   scores, truncated = option_scores(scorer, fmt, demos, queries, options,
                                     where=where, **kwargs)
   if cfg.calibration == "contextual":

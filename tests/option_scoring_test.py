@@ -46,6 +46,27 @@ def test_scores_equal_per_row_reference(options, context, with_prompt):
   assert option_scoring.accuracy(got, labels) == 100.0
 
 
+@pytest.mark.parametrize("with_prompt,bucket", [(False, 16), (True, 64)])
+def test_score_pairs_equal_per_pair_reference(with_prompt, bucket):
+  model = decoder_model.PromptDecoderModel(CFG, 3)
+  frozen = decoder_testing.random_params(CFG, seed=0)
+  trainable = model.init_trainable(jax.random.key(1)) if with_prompt else None
+  rng = np.random.RandomState(1)
+  inputs = [list(rng.randint(3, CFG.vocab_size, rng.randint(1, 40)))
+            for _ in range(9)]
+  targets = [list(rng.randint(3, CFG.vocab_size, rng.randint(1, 20)))
+             for _ in range(9)]
+  got = option_scoring.score_pairs(model, trainable, frozen, inputs=inputs,
+                                   targets=targets, batch_size=4,
+                                   bucket=bucket)
+  want = [_reference(model, trainable, frozen, i, t)
+          for i, t in zip(inputs, targets)]
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="at least one token"):
+    option_scoring.score_pairs(model, None, frozen, inputs=[[3]],
+                               targets=[[]])
+
+
 def test_max_input_length_keeps_the_end():
   model = decoder_model.PromptDecoderModel(CFG, 3)
   frozen = decoder_testing.random_params(CFG, seed=0)

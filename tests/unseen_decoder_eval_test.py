@@ -94,6 +94,11 @@ def test_scores_equal_written_out_log_likelihood(scorer, method, folder,
       [r[2] for r in rows], share_context=False)
   np.testing.assert_allclose(np.concatenate(unshared), np.concatenate(got),
                              rtol=1e-4, atol=1e-4)
+  coarse, _ = ude.option_scores(  # Fixed shapes: inputs padded to 256.
+      prompted, fmt, [demos] * len(rows), [r[0] for r in rows],
+      [r[2] for r in rows], share_context=False, bucket=256, batch_size=3)
+  np.testing.assert_allclose(np.concatenate(coarse), np.concatenate(got),
+                             rtol=1e-4, atol=1e-4)
   for row, scores in zip(rows, got):
     want = []
     for option in row[2]:
