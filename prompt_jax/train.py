@@ -93,8 +93,8 @@ def _open_batches(train_dataset_cfg: data_lib.DatasetConfig | None,
                   position: int) -> tuple[Iterator, int]:
   """(batches from `position` on, batch size for the ex/s log line)."""
   if train_dataset_cfg is not None:
-    from prompt_jax import data as data_lib  # pylint: disable=g-import-not-at-top,redefined-outer-name
-    return (data_lib.TrainBatches(train_dataset_cfg, start_position=position),
+    from prompt_jax import data  # pylint: disable=g-import-not-at-top
+    return (data.TrainBatches(train_dataset_cfg, start_position=position),
             train_dataset_cfg.batch_size)
   batches = train_batches_fn(position)
   if getattr(batches, "position", None) != position:
@@ -121,7 +121,9 @@ def train(*, model_dir: str, backbone: run_setup.BackboneConfig,
   """Trains a soft prompt on a frozen backbone (or, with
   `trainable_part='full'`, every backbone weight and no prompt).
 
-  Args (the batch source; the rest as named):
+  The arguments not listed do what their names say.
+
+  Args:
     train_dataset_cfg: a seqio task or mixture to read (needs seqio).
     train_batches_fn: instead, `start position -> iterator of numpy
       batches` with a `.position` property (batches consumed, saved with

@@ -45,6 +45,7 @@ import numpy as np
 
 from prompt_jax import decoder_model
 from prompt_jax import option_scoring
+from prompt_jax import unseen_table
 from prompt_jax.icl import calibration as calibration_lib
 from prompt_jax.icl import demo_selection
 from prompt_jax.icl import embeddings
@@ -263,14 +264,15 @@ def content_free_probs(scorer: DecoderScorer, fmt,
 
 
 def sentence_embeddings(scorer: DecoderScorer, texts: Sequence[str], *,
-                        max_tokens: int, batch_size: int = 16) -> np.ndarray:
+                        max_tokens: int, batch_size: int = 16,
+                        bucket: int = _BUCKET) -> np.ndarray:
   """[N, H] mean-pooled final decoder states of each text's first
   `max_tokens` tokens (no prompt: KATE embeds with the plain model)."""
   rows = [scorer.ids(t)[:max_tokens] for t in texts]
   out = []
   for start in range(0, len(rows), batch_size):  # Padded to [B, bucket].
     chunk = rows[start:start + batch_size]
-    length = -(-max(max(len(r) for r in chunk), 1) // _BUCKET) * _BUCKET
+    length = -(-max(max(len(r) for r in chunk), 1) // bucket) * bucket
     tokens = np.zeros((batch_size, length), np.int32)
     for i, r in enumerate(chunk):
       tokens[i, :len(r)] = r
@@ -283,14 +285,15 @@ def sentence_embeddings(scorer: DecoderScorer, texts: Sequence[str], *,
 
 def knn_demonstrations(scorer: DecoderScorer, train: Sequence[Demo],
                        queries: Sequence[str], k: int, *, task: str,
-                       max_tokens: int) -> list[list[Demo]]:
+                       max_tokens: int, bucket: int = _BUCKET
+                       ) -> list[list[Demo]]:
   """Per query, the k train rows nearest by input embedding, most similar
   LAST (KATE's order)."""
   index = demo_selection.NearestNeighbourIndex(
       sentence_embeddings(scorer, [x for x, _ in train],
-                          max_tokens=max_tokens), task=task)
-  nearest, _ = index.query(
-      sentence_embeddings(scorer, queries, max_tokens=max_tokens), k)
+                          max_tokens=max_tokens, bucket=bucket), task=task)
+  nearest, _ = index.query(sentence_embeddings(
+      scorer, queries, max_tokens=max_tokens, bucket=bucket), k)
   return [[train[i] for i in row] for row in demo_selection.kate_order(nearest)]
 
 
@@ -334,7 +337,8 @@ def evaluate_seed(scorer: DecoderScorer, folder: str, seed: int | None,
   train = [r[:2] for r in source.read(f"train_{seed}")] if cfg.k else []
   if cfg.demonstrations == "knn":
     demos = knn_demonstrations(scorer, train, queries, cfg.k, task=folder,
-                               max_tokens=cfg.max_length_per_example)
+                               max_tokens=cfg.max_length_per_example,
+                               bucket=cfg.length_bucket)
   else:  # k = 0: seed None, no demonstrations.
     demos = [kshot_format.train_file_demonstrations(train, cfg.k, seed or 0,
                                              task=folder)] * len(rows)
@@ -370,8 +374,7 @@ def evaluate_folder(scorer: DecoderScorer, folder: str,
          "examples": first["examples"], "available": first["available"],
          "trimmed_inputs": sum(r["trimmed_inputs"] for r in runs.values()),
          "trimmed_options": 0}
-  from prompt_jax import unseen_eval  # pylint: disable=g-import-not-at-top
-  unseen_eval.add_seed_summary(row, runs, per_seed=bool(cfg.k))
+  unseen_table.add_seed_summary(row, runs, per_seed=bool(cfg.k))
   _LOG.info("unseen decoder %s: %s %.2f", folder, row["metric"], row["score"])
   return row
 
@@ -411,7 +414,6 @@ def evaluate_folders(scorer: DecoderScorer, folders: Sequence[str],
   Raises:
     ValueError: (one line) if no folder has data.
   """
-  from prompt_jax import unseen_eval
   skipped, rows = [], []
   for folder in folders:
     if (reason := skip_reason(folder, cfg)) is not None:
@@ -428,17 +430,16 @@ def evaluate_folders(scorer: DecoderScorer, folders: Sequence[str],
   return {**settings, "backbone": "decoder", "variant": cfg.variant,
           "seeds": seeds,
           "prompt": scorer.trainable is not None, "rows": rows,
-          "skipped": skipped, **unseen_eval.summarize(rows, cfg.k, seeds)}
+          "skipped": skipped, **unseen_table.summarize(rows, cfg.k, seeds)}
 
 
 def markdown(table: dict[str, Any]) -> str:
-  """`unseen_eval.markdown`'s table, with the variant and the skipped."""
-  from prompt_jax import unseen_eval
+  """`unseen_table.markdown`'s table, with the variant and the skipped."""
   head = (f"Decoder `{table['variant']}` (soft prompt:"
           f" {'yes' if table['prompt'] else 'no'}; first"
           f" {table['max_examples_per_task'] or 'all'} rows per task).\n\n")
   skipped = ", ".join(f"{s['task']} ({s['reason']})" for s in table["skipped"])
-  return (head + unseen_eval.markdown(table)
+  return (head + unseen_table.markdown(table)
           + (f"\nSkipped: {skipped}.\n" if skipped else ""))
 
 

@@ -50,6 +50,7 @@ from prompt_jax import evaluate as evaluate_lib
 from prompt_jax import predicting
 from prompt_jax import run_setup
 from prompt_jax import unseen_decoder_eval
+from prompt_jax.unseen_table import add_seed_summary, markdown, summarize
 from tasks import metaicl  # Registers every task (entry points may).
 
 _LOG = logging.getLogger(__name__)
@@ -268,23 +269,6 @@ def score_task(scorer: _Scorer, task: seqio.Task, rows: TaskRows, kind: str,
           "trimmed_inputs": trimmed_inputs, "trimmed_options": trimmed_options}
 
 
-def add_seed_summary(row: dict[str, Any], runs: dict[Any, dict[str, Any]],
-                     per_seed: bool) -> None:
-  """Adds the score (mean over seeds), worst and per-seed scores to `row`.
-
-  `runs` maps seed -> {'score', 'metrics'}; without `per_seed` the single
-  run's score and metrics are copied.
-  """
-  if per_seed:
-    row["seeds"] = {str(s): r["score"] for s, r in runs.items()}
-    row["score"] = float(np.mean(list(row["seeds"].values())))
-    row["worst"] = float(min(row["seeds"].values()))
-    row["seed_metrics"] = {str(s): r["metrics"] for s, r in runs.items()}
-  else:
-    first = next(iter(runs.values()))
-    row["score"], row["metrics"] = first["score"], first["metrics"]
-
-
 def evaluate_task(scorer: _Scorer, name: str, *, split: str, k_shot: int,
                   seeds: Sequence[int],
                   max_examples: int | None) -> dict[str, Any]:
@@ -316,43 +300,6 @@ def evaluate_task(scorer: _Scorer, name: str, *, split: str, k_shot: int,
 
 
 # --------------------------------- table -----------------------------------
-
-
-def summarize(rows: Sequence[dict[str, Any]], k_shot: int,
-              seeds: Sequence[int]) -> dict[str, Any]:
-  """`mean` of the row scores; with k > 0 also `mean_worst`, `seed_means`."""
-  out = {"mean": float(np.mean([r["score"] for r in rows]))}
-  if k_shot:
-    out["mean_worst"] = float(np.mean([r["worst"] for r in rows]))
-    out["seed_means"] = {str(s): float(np.mean([r["seeds"][str(s)]
-                                                for r in rows]))
-                         for s in seeds}
-  return out
-
-
-def markdown(table: Mapping[str, Any]) -> str:
-  """The table as Markdown: one row per task, then the mean."""
-  seeds = [str(s) for s in table["seeds"]] if table["k_shot"] else []
-  head = ["task", "type", "metric", "n", "score"]
-  if seeds:
-    head += ["worst"] + [f"seed {s}" for s in seeds]
-  lines = [f"Unseen-task evaluation: split `{table['split']}`, k ="
-           f" {table['k_shot']}, score normalization"
-           f" `{table['score_normalization']}`.", "",
-           "| " + " | ".join(head) + " |",
-           "|" + "---|" * len(head)]
-  for r in table["rows"]:
-    cells = [r["task"], r["type"], r["metric"], str(r["examples"]),
-             f"{r['score']:.2f}"]
-    if seeds:
-      cells += [f"{r['worst']:.2f}"] + [f"{r['seeds'][s]:.2f}" for s in seeds]
-    lines.append("| " + " | ".join(cells) + " |")
-  mean = ["**mean**", "", "", "", f"{table['mean']:.2f}"]
-  if seeds:
-    mean += [f"{table['mean_worst']:.2f}"] + [
-        f"{table['seed_means'][s]:.2f}" for s in seeds]
-  lines.append("| " + " | ".join(mean) + " |")
-  return "\n".join(lines) + "\n"
 
 
 def write_table(table: Mapping[str, Any], output_dir: pathlib.Path

@@ -228,7 +228,8 @@ def format_ids(demos: Sequence[Demo], query: Demo, fmt: KShotFormat,
 
 def meta_train_examples(pairs: Sequence[Demo], k: int, seed: int,
                         fmt: KShotFormat, encode: Callable[[str], list[int]],
-                        *, task: str) -> list[KShotIds]:
+                        *, task: str, errors: list[str] | None = None
+                        ) -> list[KShotIds]:
   """Every row of a task's `meta_train` rows as a k-shot example: k
   demonstrations sampled per row (`sampled_demonstrations`), then
   `format_ids`.
@@ -238,9 +239,18 @@ def meta_train_examples(pairs: Sequence[Demo], k: int, seed: int,
     k, seed: demonstrations per row and the sampling seed.
     fmt: layout and budgets; encode: text → ids (no EOS).
     task: the task name, for error messages.
+    errors: None: an example that cannot be formatted raises; a list: its
+      one-line message is appended and the example left out (the caller
+      reports them).
   """
-  return [format_ids(sampled_demonstrations(pairs, i, k, seed, task=task),
-                     query, fmt, encode,
-                     where=f"task {task!r} meta_train example {i}")
-          for i, query in enumerate(pairs)]
-
+  out = []
+  for i, query in enumerate(pairs):
+    try:
+      out.append(format_ids(
+          sampled_demonstrations(pairs, i, k, seed, task=task), query, fmt,
+          encode, where=f"task {task!r} meta_train example {i}"))
+    except ValueError as e:
+      if errors is None:
+        raise
+      errors.append(str(e))
+  return out
