@@ -302,7 +302,7 @@ def render(out: pathlib.Path = OUT_DIR) -> str:
               f" ({', '.join(r['task'] for r in table['rows'])}); first"
               f" {table['max_examples_per_task']} test rows per task; k ="
               f" {any_row['config']['k']} for the k-shot rows; seeds"
-              f" {any_row['config']['seeds']}; {any_row['hardware']}.", "",
+              f" {any_row['config']['seeds']}; hardware per row.", "",
               "| method | mean over tasks | worst-seed mean | trained on |"
               " wall |", "|---|---|---|---|---|"]
     for row in ROWS:
@@ -318,9 +318,26 @@ def render(out: pathlib.Path = OUT_DIR) -> str:
         worst = ("-" if r["mean_worst"] is None
                  else f"{r['mean_worst']:.2f}")
         lines.append(f"| {row} | {r['mean']:.2f} | {worst} | {trained} |"
-                     f" {r['wall_s']:.0f} s |")
-    lines.append("")
+                     f" {r['wall_s']:.0f} s ({r['hardware']}) |")
+    lines += ["", *_per_task(mine), ""]
   return "\n".join(lines)
+
+
+def _per_task(mine: dict[str, dict]) -> list[str]:
+  """Per task, each row's score (mean over seeds)."""
+  done = [row for row in ROWS if "table" in mine.get(row, {})]
+  scores = {row: {t["task"]: t for t in mine[row]["table"]["rows"]}
+            for row in done}
+  first = scores[done[0]]
+  lines = ["<details><summary>per task</summary>", "",
+           "| task | metric | " + " | ".join(done) + " |",
+           "|---|---|" + "---|" * len(done)]
+  for task, t in first.items():
+    lines.append(f"| {task} | {t['metric']} | " + " | ".join(
+        f"{scores[row][task]['score']:.2f}" for row in done) + " |")
+  skipped = mine[done[0]]["table"]["skipped"]
+  return lines + ["", "Skipped (no test data here): " + ", ".join(
+      f"{s['task']}" for s in skipped) + ".", "", "</details>"]
 
 
 def write_markdown(out: pathlib.Path = OUT_DIR) -> None:
@@ -340,6 +357,9 @@ def main(argv=None) -> None:
   parser.add_argument("--out", default=str(OUT_DIR))
   parser.add_argument("--minutes", type=float, default=1e9,
                       help="start no new row after this many minutes")
+  parser.add_argument("--cpu_scoring", action="store_true",
+                      help="a shared context (bucket 64) instead of fixed"
+                      " shapes: the same scores, cheaper on a CPU")
   parser.add_argument("--render", action="store_true")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING)
@@ -350,6 +370,9 @@ def main(argv=None) -> None:
   unknown = sorted(set(rows) - set(ROWS))
   if unknown:
     parser.error(f"unknown rows {unknown}; expected {list(ROWS)}")
+  if args.cpu_scoring:
+    SETTINGS[args.settings] = dataclasses.replace(
+        SETTINGS[args.settings], shared_context=True, length_bucket=64)
   deadline = time.time() + 60 * args.minutes
   splits = args.splits.split(",")
   # Rows across splits in ROWS order: the most important rows come first.
