@@ -210,7 +210,8 @@ def run_row(row: str, split: str, s: Settings, run: run_setup.Run,
             folders: list[str]) -> dict:
   """One row's record (the unseen table plus what was trained)."""
   start = time.time()
-  scorer = ude.DecoderScorer(run.model, run.frozen, run.tokenizer.encode)
+  scorer = ude.DecoderScorer(run.model, run.frozen, run.tokenizer.encode,
+                             decode=run.tokenizer.decode)
   meta = None
   if row.startswith("metaicl_"):
     part = "full" if row == "metaicl_full" else "prompt"
@@ -223,11 +224,9 @@ def run_row(row: str, split: str, s: Settings, run: run_setup.Run,
             "loss_log": log,
             "seconds": round(time.time() - start, 1)}
     if part == "full":
-      scorer = ude.DecoderScorer(run.model, trained["backbone"],
-                                 run.tokenizer.encode)
+      scorer = dataclasses.replace(scorer, frozen=trained["backbone"])
     else:
-      scorer = ude.DecoderScorer(run.model, run.frozen, run.tokenizer.encode,
-                                 trained)
+      scorer = dataclasses.replace(scorer, trainable=trained)
   table = ude.evaluate_folders(scorer, folders, eval_config(s, row))
   return {"split": split, "row": row, "mean": table["mean"],
           "mean_worst": table.get("mean_worst"), "table": table,
@@ -294,7 +293,8 @@ def render(out: pathlib.Path = OUT_DIR) -> str:
   """The Markdown section: per split, one line per row."""
   records = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
   lines = []
-  for split in sorted({r["split"] for r in records}):
+  present = {r["split"] for r in records}
+  for split in [s for s in metaicl_splits.SPLIT_NAMES if s in present]:
     mine = {r["row"]: r for r in records if r["split"] == split}
     any_row = next(r for r in mine.values() if "table" in r)
     table = any_row["table"]

@@ -4,15 +4,10 @@ For each test task of a MetaICL split (`hr_to_lr`, ...) and each seed (13,
 21, 42, 87, 100), the k demonstrations are the seed's `<task>_16_<seed>_
 train.jsonl` rows (all 16 in file order, or a seeded subset for k < 16:
 `kshot_format.train_file_demonstrations`); every query row of the `test` file
-(or the seed's `dev` file) is ranked over ITS OWN options with
-`prompt_jax.option_scoring.score_options`:
-
-  direct  (P(y|x)):  [x_1 y_1 ... x_k y_k x] -> score " y" for each option y
-  channel (P(x|y)):  [y_1 x_1 ... y_k x_k y] -> score " x" for each option y
-
-Layout and length limits (context cut from the left):
-`kshot_format.format_ids`, decoder layout. Rows sharing a context and options share a call
-and the encoded context. Scores: summed log-probabilities, per token with
+(or the seed's `dev` file) is ranked over ITS OWN options, direct (score
+" y" after [x_1 y_1 ... x_k y_k x]) or channel (" x" after [y_1 x_1 ... y],
+by `prompt_jax.kshot_option_scores`, re-exported here; context cut from the
+left). Scores: summed log-probabilities, per token with
 `score_normalization='mean'` (MetaICL). Prediction = argmax; metric =
 MetaICL's macro-F1 (classification) or accuracy (multiple choice); per task
 each seed, the mean and the worst; the table adds the mean over tasks.
@@ -23,28 +18,40 @@ by mean-pooled decoder states, most similar last: KATE), a trainable tree
 each file (a fixed subset for CPU budgets; the table records N). Tasks
 without data or options are listed under `skipped`.
 
+Demonstration order (`order='globale'|'locale'`, Lu et al. 2022; k >= 2,
+seed demonstrations): per (task, seed), `order_candidates` seeded
+permutations of the k demonstrations; probes: `probe='generated'` (the
+paper: after each order's context in `PROBE_TEMPLATE` form, input "\\n"
+output "\\n\\n", the model samples, seeded; parsed probe inputs, scored over
+the task's one option set) or `probe='dev'` (cheaper: the seed's `dev_<seed>`
+inputs with their own options, labels unused); at most `probe_size`, unique.
+Each probe is scored after each order with the evaluation's own format
+(`option_scores`, uncalibrated), softmaxed over the options; the order of
+highest GlobalE / LocalE (`order_selection.select_orders`) is used for the
+test rows. Runs and the row's `seed_orders` record it; variant e.g.
+`direct_seed_globale` (`direct_seed_globale_devprobe`).
+
 Example (`--mode=unseen` with a decoder calls `evaluate_unseen_decoder_run`):
 
   scorer = DecoderScorer(model, frozen, encode=tokenizer.encode)
-  cfg = DecoderEvalConfig(k=4, seeds=(13, 21), max_rows_per_task=32)
+  cfg = DecoderEvalConfig(k=4, seeds=(13, 21), max_rows_per_task=32,
+                          order="globale")
   table = evaluate_folders(scorer, split_test_folders(["hr_to_lr"]), cfg)
   write_table(table, pathlib.Path("/tmp/unseen"))  # unseen_decoder_*.{json,md}
 """
 
 import dataclasses
-import functools
 import json
 import logging
 import os
 import pathlib
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
 
-from prompt_jax import decoder_model
-from prompt_jax import option_scoring
+from prompt_jax import kshot_option_scores
 from prompt_jax import unseen_table
 from prompt_jax.icl import calibration as calibration_lib
 from prompt_jax.icl import demo_selection
@@ -52,7 +59,7 @@ from prompt_jax.icl import embeddings
 from prompt_jax.icl import kshot_format
 from prompt_jax.icl import metaicl_pool
 from prompt_jax.icl import metaicl_splits
-from prompt_jax.types import PyTree
+from prompt_jax.icl import order_selection
 
 _LOG = logging.getLogger(__name__)
 METHODS = ("direct", "channel")
@@ -60,10 +67,18 @@ CALIBRATIONS = (None, "contextual")
 DEMONSTRATIONS = ("seed", "knn")
 NORMALIZATIONS = ("mean", "sum")
 QUERY_SPLITS = ("test", "dev")
+ORDERS = (None, "globale", "locale")
+PROBES = ("generated", "dev")
+PROBE_TEMPLATE = order_selection.ProbeTemplate("", "\n", "\n\n")
+MAX_SAMPLES_PER_ORDER = 4  # Generations per candidate order, at most.
 MAX_K = metaicl_pool.K_SHOT  # The rows of one seed's train file.
-Demo = tuple[str, str]
+Demo = kshot_option_scores.Demo
 _BUCKET = 16
 _embed = jax.jit(embeddings.decoder_sentence_embeddings, static_argnums=0)
+# Re-exported: the scoring moved to `prompt_jax.kshot_option_scores`.
+DecoderScorer = kshot_option_scores.DecoderScorer
+option_scores = kshot_option_scores.option_scores
+content_free_probs = kshot_option_scores.content_free_probs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,11 +97,17 @@ class DecoderEvalConfig:
   batch_size: int = 16
   shared_context: bool = True  # False: fixed shapes (`option_scores`).
   length_bucket: int = 16
+  order: str | None = None  # None | 'globale' | 'locale'.
+  order_candidates: int = 4  # Permutations tried (all k! if fewer).
+  probe: str = "generated"  # 'generated' (sampled) | 'dev' (dev inputs).
+  probe_size: int = 32  # Most probes kept.
+  probe_max_new_tokens: int = 64  # Tokens sampled per generation.
 
   def __post_init__(self):
     for name, allowed in (("method", METHODS), ("calibration", CALIBRATIONS),
                           ("demonstrations", DEMONSTRATIONS),
-                          ("split", QUERY_SPLITS),
+                          ("split", QUERY_SPLITS), ("order", ORDERS),
+                          ("probe", PROBES),
                           ("score_normalization", NORMALIZATIONS)):
       if getattr(self, name) not in allowed:
         raise ValueError(f"DecoderEvalConfig: {name}="
@@ -100,7 +121,15 @@ class DecoderEvalConfig:
         (self.max_rows_per_task is None or self.max_rows_per_task > 0,
          f"max_rows_per_task={self.max_rows_per_task} must be > 0"),
         (self.length_bucket > 0,
-         f"length_bucket={self.length_bucket} must be > 0")]:
+         f"length_bucket={self.length_bucket} must be > 0"),
+        (not self.order or (self.k >= 2 and self.demonstrations == "seed"),
+         f"order={self.order!r} needs k >= 2 and demonstrations='seed'"
+         f" (got k={self.k}, demonstrations={self.demonstrations!r})"),
+        (self.order_candidates >= 2,
+         f"order_candidates={self.order_candidates} must be >= 2"),
+        (self.probe_size > 0, f"probe_size={self.probe_size} must be > 0"),
+        (self.probe_max_new_tokens > 0, f"probe_max_new_tokens="
+         f"{self.probe_max_new_tokens} must be > 0")]:
       if not ok:
         raise ValueError(f"DecoderEvalConfig: {message}")
 
@@ -112,155 +141,14 @@ class DecoderEvalConfig:
 
   @property
   def variant(self) -> str:
-    """e.g. `direct_seed`, `channel_knn_calibrated`."""
-    return (f"{self.method}_{self.demonstrations}"
+    """e.g. `direct_seed`, `channel_knn_calibrated`, `direct_seed_globale`."""
+    order = (f"_{self.order}" + ("_devprobe" if self.probe == "dev" else "")
+             if self.order else "")
+    return (f"{self.method}_{self.demonstrations}{order}"
             + ("_calibrated" if self.calibration else ""))
 
 
-@dataclasses.dataclass
-class DecoderScorer:
-  """The model, its params, an optional soft prompt, and a text encoder."""
-  model: decoder_model.PromptDecoderModel
-  frozen: PyTree
-  encode: Callable[[str], Sequence[int]]  # Text -> ids, no BOS / EOS.
-  trainable: PyTree | None = None
-
-  def __post_init__(self):
-    self._encode = functools.lru_cache(maxsize=100_000)(
-        lambda text: tuple(self.encode(text)))
-
-  def ids(self, text: str) -> list[int]:
-    return list(self._encode(text))
-
-
-# ------------------------------ option scores ------------------------------
-
-
-class _Cell(NamedTuple):
-  """One (row, option): [context, inputs] conditions, `target` is scored."""
-  context: tuple[int, ...]
-  inputs: tuple[int, ...]
-  target: tuple[int, ...]
-  truncated: bool
-
-
-def _cells(scorer: DecoderScorer, fmt, demos: Sequence[Demo], query: str,
-           options: Sequence[str], where: str) -> list[_Cell]:
-  """The cells of one row, laid out by `kshot_format.format_ids`."""
-  cells = []
-  for option in options:
-    ids = kshot_format.format_ids(demos, (query, option), fmt, scorer.ids,
-                           where=where)
-    # Where the context ends does not change the score (causal LM); this
-    # split keeps the demonstrations as the shared, cached part.
-    query_piece = kshot_format.kshot_pieces(demos, (query, option), fmt)[1]
-    cut = max(0, len(ids.inputs) - len(scorer.ids(query_piece)))
-    cells.append(_Cell(tuple(ids.inputs[:cut]), tuple(ids.inputs[cut:]),
-                       tuple(ids.targets), ids.num_truncated > 0))
-  return cells
-
-
-def _problem(scorer: DecoderScorer, cell: _Cell) -> str | None:
-  """Why a cell cannot be scored, or None."""
-  if not cell.target:
-    return "the scored text has no tokens"
-  if not (cell.context or cell.inputs or scorer.model.add_bos
-          or scorer.trainable is not None):
-    return "nothing precedes the scored text"
-  return None
-
-
-def option_scores(scorer: DecoderScorer, fmt, demos: Sequence[Sequence[Demo]],
-                  queries: Sequence[str], options: Sequence[Sequence[str]], *,
-                  normalization: str = "sum", batch_size: int = 16,
-                  share_context: bool = True, bucket: int = 16,
-                  where: str = "") -> tuple[list[np.ndarray], int]:
-  """Per-row option scores: log p(option-side text | context) per option.
-
-  Args:
-    scorer: model, params, prompt and encoder.
-    fmt: a `kshot_format.KShotFormat`, decoder layout (its method decides
-      what is scored: direct " y"; channel " x" after the option).
-    demos, queries, options: per row, its demonstrations, input x, options.
-    normalization: 'sum' (summed log-probability) or 'mean' (per token).
-    batch_size: rows per compiled call.
-    share_context: encode each distinct context once (the same for many
-      rows); False: every (row, option) is one sequence [context, query,
-      target] (`option_scoring.score_pairs`: per-row kNN contexts, or fixed
-      shapes on an accelerator).
-    bucket: without a shared context, inputs are padded to a multiple of
-      this: each padded length compiles once.
-    where: task / seed, for error messages.
-
-  Returns:
-    ([C_i] float64 scores per row, rows whose context was cut).
-
-  Raises:
-    ValueError: (one line, naming `where` and the row) for an unscorable row.
-  """
-  groups: dict[tuple, list[tuple[tuple[int, ...], list[tuple[int, int]]]]] = {}
-  scores = [np.zeros(len(o)) for o in options]
-  pairs = []  # Without a shared context: ((row, option), inputs, target).
-  truncated = 0
-  for row, (row_demos, query, row_options) in enumerate(
-      zip(demos, queries, options)):
-    cells = _cells(scorer, fmt, row_demos, query, row_options,
-                   f"{where} row {row}")
-    for cell in cells:
-      if (problem := _problem(scorer, cell)) is not None:
-        raise ValueError(f"{where} row {row}: cannot score: {problem}")
-    truncated += any(c.truncated for c in cells)
-    if not share_context:
-      pairs.extend(((row, j), c.context + c.inputs, c.target)
-                   for j, c in enumerate(cells))
-    elif len({(c.context, c.inputs) for c in cells}) == 1:  # One row, C options.
-      key = (cells[0].context, tuple(c.target for c in cells))
-      groups.setdefault(key, []).append(
-          (cells[0].inputs, [(row, j) for j in range(len(cells))]))
-    else:  # Per-option conditioning (channel, or cut differently).
-      for j, c in enumerate(cells):
-        groups.setdefault((c.context, (c.target,)), []).append(
-            (c.inputs, [(row, j)]))
-  if pairs:
-    got = option_scoring.score_pairs(
-        scorer.model, scorer.trainable, scorer.frozen,
-        inputs=[p[1] for p in pairs], targets=[p[2] for p in pairs],
-        batch_size=batch_size, bucket=bucket)
-    for ((row, j), _, target), value in zip(pairs, got):
-      scores[row][j] = value / (len(target) if normalization == "mean"
-                                else 1)
-  for (context, targets), members in groups.items():
-    got = option_scoring.score_options(
-        scorer.model, scorer.trainable, scorer.frozen,
-        inputs=[m[0] for m in members], options=targets, context=context,
-        batch_size=batch_size)  # [N, C]
-    for (_, slots), values in zip(members, got):
-      for (row, j), value, target in zip(slots, values, targets):
-        scores[row][j] = value / (len(target) if normalization == "mean"
-                                  else 1)
-  return scores, truncated
-
-
-def content_free_probs(scorer: DecoderScorer, fmt,
-                       keys: Sequence[tuple[Sequence[Demo], Sequence[str]]],
-                       *, where: str, **kwargs) -> list[np.ndarray]:
-  """Per (demonstrations, options) key, p_cf [C]: the options' mean
-  distribution over the content-free inputs put where the query goes
-  (`kwargs`: those of `option_scores`)."""
-  rows = [(i, text) for i, (demos, options) in enumerate(keys)
-          for text in calibration_lib.CONTENT_FREE_INPUTS
-          if all(_problem(scorer, c) is None for c in
-                 _cells(scorer, fmt, demos, text, options, where))]
-  if {i for i, _ in rows} != set(range(len(keys))):
-    raise ValueError(f"{where}: no content-free input can be scored")
-  scores, _ = option_scores(scorer, fmt, [keys[i][0] for i, _ in rows],
-                            [text for _, text in rows],
-                            [keys[i][1] for i, _ in rows], where=where,
-                            **kwargs)
-  by_key = [[] for _ in keys]
-  for (i, _), row_scores in zip(rows, scores):
-    by_key[i].append(row_scores)
-  return [calibration_lib.content_free_probs(np.stack(k)) for k in by_key]
+# ---------------------------- demonstrations -----------------------------
 
 
 def sentence_embeddings(scorer: DecoderScorer, texts: Sequence[str], *,
@@ -297,10 +185,95 @@ def knn_demonstrations(scorer: DecoderScorer, train: Sequence[Demo],
   return [[train[i] for i in row] for row in demo_selection.kate_order(nearest)]
 
 
+# ------------------------- demonstration order -------------------------
+
+
+def _probe_problem(cfg: DecoderEvalConfig, rows: Sequence) -> str | None:
+  """Why these rows' options cannot label the probes, or None."""
+  if cfg.probe == "generated" and len({r[2] for r in rows}) != 1:
+    return (f"probe='generated' needs one option set shared by the rows;"
+            f" found {len({r[2] for r in rows})} (use probe='dev')")
+  if len(counts := {len(r[2]) for r in rows}) != 1:
+    return (f"probe={cfg.probe!r}: rows have {sorted(counts)} options;"
+            " GlobalE/LocalE need one option count")
+  return None
+
+
+def _probe_source_rows(folder: str, seed: int, query_rows: Sequence,
+                       cfg: DecoderEvalConfig) -> Sequence:
+  """The rows whose options (and, for 'dev', inputs) the probes use."""
+  if cfg.probe == "generated":
+    return query_rows
+  return metaicl_pool.MetaICLFiles(folder).read(f"dev_{seed}")[:cfg.probe_size]
+
+
+def probing_rows(scorer: DecoderScorer, folder: str, seed: int,
+                 demos: Sequence[Demo], perms: np.ndarray,
+                 query_rows: Sequence, cfg: DecoderEvalConfig
+                 ) -> tuple[list[str], list[tuple[str, ...]]]:
+  """(probe inputs, their options) for order selection (module docstring).
+
+  Raises:
+    ValueError: (one line, naming the task and seed) if the options cannot
+      label the probes (`_probe_problem`) or no probe could be parsed.
+  """
+  where = f"task {folder!r} seed {seed}"
+  rows = _probe_source_rows(folder, seed, query_rows, cfg)
+  if (problem := _probe_problem(cfg, rows)) is not None:
+    raise ValueError(f"{where}: {problem}")
+  if cfg.probe == "dev":
+    return [r[0] for r in rows], [r[2] for r in rows]
+  contexts = [order_selection.format_context(demos, p, PROBE_TEMPLATE)
+              for p in perms]
+  samples = min(MAX_SAMPLES_PER_ORDER, -(-cfg.probe_size // len(perms)))
+  texts = iter(kshot_option_scores.sample_continuations(
+      scorer, [c for c in contexts for _ in range(samples)],
+      max_new_tokens=cfg.probe_max_new_tokens, seed=seed,
+      max_tokens=max(1, cfg.max_length - cfg.probe_max_new_tokens)))
+  try:
+    probing = order_selection.probing_set_from_generations(
+        contexts, lambda _: next(texts), PROBE_TEMPLATE,
+        samples_per_context=samples)
+  except ValueError as e:
+    raise ValueError(f"{where}: {e}") from None
+  inputs = list(dict.fromkeys(probing.inputs))[:cfg.probe_size]
+  return inputs, [rows[0][2]] * len(inputs)
+
+
+def order_demonstrations(scorer: DecoderScorer, folder: str, seed: int,
+                         demos: Sequence[Demo], query_rows: Sequence,
+                         cfg: DecoderEvalConfig, **kwargs
+                         ) -> tuple[list[Demo], dict[str, Any]]:
+  """The demonstrations in the order of highest GlobalE / LocalE, and a
+  record {method, permutation, probes, candidates, entropies}.
+
+  `kwargs`: those of `option_scores` (the evaluation's own settings).
+  """
+  perms = order_selection.candidate_permutations(len(demos),
+                                                 cfg.order_candidates, seed)
+  ordered = [[demos[i] for i in perm] for perm in perms]
+  probes, options = probing_rows(scorer, folder, seed, demos, perms,
+                                 query_rows, cfg)
+  scores, _ = option_scores(
+      scorer, cfg.kshot_format(), [d for d in ordered for _ in probes],
+      list(probes) * len(perms), list(options) * len(perms),
+      where=f"task {folder!r} seed {seed} probes", **kwargs)
+  probs = calibration_lib.option_probs(np.stack(scores)).reshape(
+      len(perms), len(probes), -1)  # [P, N, C]
+  best = int(order_selection.select_orders(probs, cfg.order)[0])
+  entropy = (order_selection.global_entropy if cfg.order == "globale"
+             else order_selection.local_entropy)(probs)
+  return ordered[best], {
+      "method": cfg.order, "permutation": perms[best].tolist(),
+      "probes": len(probes), "candidates": perms.tolist(),
+      "entropies": [round(float(e), 6) for e in entropy]}
+
+
 def task_metrics(kind: str, targets: Sequence[str],
                  predictions: Sequence[str]) -> tuple[str, dict[str, float]]:
   """(primary metric, metrics): macro-F1 for classification, else accuracy."""
-  metrics = {"accuracy": metaicl_pool.exact_match_accuracy(targets, predictions)}
+  metrics = {"accuracy": metaicl_pool.exact_match_accuracy(targets,
+                                                          predictions)}
   if kind == "classification":
     metrics["macro_f1"] = metaicl_pool.macro_f1(targets, predictions)
     return "macro_f1", metrics
@@ -321,9 +294,14 @@ def skip_reason(folder: str, cfg: DecoderEvalConfig) -> str | None:
       source.paths(_query_split(cfg, seed))
       source.paths(f"train_{seed}")
     kind = metaicl_pool.task_type(folder)
+    problems = [_probe_problem(cfg, _probe_source_rows(
+        folder, seed, source.read(_query_split(cfg, seed)), cfg))
+                for seed in (cfg.seeds if cfg.order else ())]
   except (FileNotFoundError, ValueError) as e:
     return f"no data: {e}"
-  return "free-form (no options to rank)" if kind == "free-form" else None
+  if kind == "free-form":
+    return "free-form (no options to rank)"
+  return next((f"order: {p}" for p in problems if p), None)
 
 
 def evaluate_seed(scorer: DecoderScorer, folder: str, seed: int | None,
@@ -339,14 +317,19 @@ def evaluate_seed(scorer: DecoderScorer, folder: str, seed: int | None,
     demos = knn_demonstrations(scorer, train, queries, cfg.k, task=folder,
                                max_tokens=cfg.max_length_per_example,
                                bucket=cfg.length_bucket)
-  else:  # k = 0: seed None, no demonstrations.
-    demos = [kshot_format.train_file_demonstrations(train, cfg.k, seed or 0,
-                                             task=folder)] * len(rows)
-  fmt = cfg.kshot_format()
   kwargs = dict(normalization=cfg.score_normalization,
                 batch_size=cfg.batch_size, bucket=cfg.length_bucket,
                 share_context=(cfg.demonstrations == "seed"
                                and cfg.shared_context))
+  order = None
+  if cfg.demonstrations == "seed":  # k = 0: seed None, no demonstrations.
+    seed_demos = kshot_format.train_file_demonstrations(
+        train, cfg.k, seed or 0, task=folder)
+    if cfg.order:
+      seed_demos, order = order_demonstrations(
+          scorer, folder, seed, seed_demos, query_rows, cfg, **kwargs)
+    demos = [seed_demos] * len(rows)
+  fmt = cfg.kshot_format()
   scores, truncated = option_scores(scorer, fmt, demos, queries, options,
                                     where=where, **kwargs)
   if cfg.calibration == "contextual":
@@ -360,7 +343,7 @@ def evaluate_seed(scorer: DecoderScorer, folder: str, seed: int | None,
                                  [r[1] for r in rows], predictions)
   return {"metric": metric, "score": metrics[metric], "metrics": metrics,
           "examples": len(rows), "available": len(query_rows),
-          "trimmed_inputs": truncated}
+          "trimmed_inputs": truncated, **({"order": order} if order else {})}
 
 
 def evaluate_folder(scorer: DecoderScorer, folder: str,
@@ -375,6 +358,8 @@ def evaluate_folder(scorer: DecoderScorer, folder: str,
          "trimmed_inputs": sum(r["trimmed_inputs"] for r in runs.values()),
          "trimmed_options": 0}
   unseen_table.add_seed_summary(row, runs, per_seed=bool(cfg.k))
+  if cfg.order:  # The chosen permutation and probe count per seed.
+    row["seed_orders"] = {str(s): r["order"] for s, r in runs.items()}
   _LOG.info("unseen decoder %s: %s %.2f", folder, row["metric"], row["score"])
   return row
 
@@ -489,7 +474,7 @@ def evaluate_unseen_decoder_run(*, model_dir: str, backbone, prompt,
   trainable = (None if prompt_file == "none" else
                evaluate_lib.load_trainable(run, model_dir, prompt_file))
   scorer = DecoderScorer(run.model, run.frozen, run.tokenizer.encode,
-                         trainable)
+                         trainable, decode=run.tokenizer.decode)
   table = evaluate_folders(scorer, folders, cfg)
   out_dir = pathlib.Path(output_dir or pathlib.Path(model_dir) / "unseen_eval")
   json_path, md_path = write_table(table, out_dir)

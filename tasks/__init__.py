@@ -2,8 +2,9 @@
 
 This is the single import point for task registration (import it before
 parsing gin). Registration is idempotent, so a second import is harmless.
-Tasks depend on seqio, `tasks.vocab` and the data root only, never on model
-code; the trainer reaches them by name through `prompt_jax.data`.
+Tasks depend on seqio, `tasks.vocab`, the data root and the seqio-free
+MetaICL layer (`prompt_jax/icl/metaicl_pool.py`, `kshot_format.py`,
+`metaicl_splits.py`), never on model code; the trainer reaches them by name through `prompt_jax.data`.
 
 `tasks.testing_tasks` (in-memory tasks for tests) is not imported here.
 """
