@@ -30,9 +30,37 @@ table counts trimmed inputs and options. Each seed is one run; a row reports
 the mean over seeds as `score`, the worst seed as `worst`, and every seed
 (trimmed counts are summed over seeds).
 
+ICL variants (`calibration`, `demonstrations`; the same keywords reach a
+decoder's `unseen_decoder_eval.DecoderEvalConfig`):
+  * `demonstrations='knn'` (KATE; needs k > 0): per query, the k rows of the
+    seed's train pool (its whole `train_<seed>` file; tasks without one: a
+    seeded sample of max(16, k) `train` rows) nearest by cosine similarity of
+    mean-pooled T5 ENCODER states (plain model, no prompt), most similar
+    LAST, i.e. next to the query;
+  * `calibration='contextual'` (Zhao et al. 2021; rank tasks only):
+    the options are also scored after each content-free input
+    (`icl.calibration.CONTENT_FREE_INPUTS`) put where the query goes, after
+    the same demonstrations; p_cf = their mean option distribution, and the
+    prediction is the argmax of `calibration.calibrate(scores, p_cf)`.
+    Free-form rows are generated as usual and marked `"calibrated": false`.
+Scoring helpers live in `prompt_jax.unseen_t5_scoring`.
+
 Table (JSON): {"rows": [{"task", "type", "method", "metric", "score",
 "metrics", "examples", "available", ...}], "mean": mean of the row scores,
-and with k > 0 "mean_worst" and "seed_means"}, plus the run settings.
+and with k > 0 "mean_worst" and "seed_means"}, plus the run settings and the
+variant: "calibration", "demonstrations", "variant" (`direct_seed`,
+`direct_knn_calibrated`, ...). Files: `unseen_<split>_k<k>.{json,md}` for
+`direct_seed`, else `unseen_<variant>_<split>_k<k>.{json,md}`.
+
+Example (what `main.py --mode=unseen` runs from `runs/unseen_eval.gin`):
+
+  table = evaluate_unseen(
+      model_dir="/tmp/run", backbone=run_setup.BackboneConfig(preset="base"),
+      prompt=run_setup.PromptConfig(length=100),
+      task_names=["metaicl_hr_to_lr_test_v100"], k_shot=4,
+      task_feature_lengths={"inputs": 512, "targets": 16},
+      calibration="contextual", demonstrations="knn")
+  table["variant"], table["mean"]   # 'direct_knn_calibrated', 41.3
 """
 
 import dataclasses
@@ -50,11 +78,20 @@ from prompt_jax import evaluate as evaluate_lib
 from prompt_jax import predicting
 from prompt_jax import run_setup
 from prompt_jax import unseen_decoder_eval
+from prompt_jax import unseen_t5_scoring
+from prompt_jax.icl import calibration as calibration_lib
 from prompt_jax.unseen_table import add_seed_summary, markdown, summarize
 from tasks import metaicl  # Registers every task (entry points may).
 
 _LOG = logging.getLogger(__name__)
 NORMALIZATIONS = ("mean", "sum")
+CALIBRATIONS = (None, "contextual")
+DEMONSTRATIONS = ("seed", "knn")
+Demo = unseen_t5_scoring.Demo
+# The T5 scoring helpers, under their historical names here.
+_Scorer = unseen_t5_scoring.T5Scorer
+fit = unseen_t5_scoring.fit
+rank_predictions = unseen_t5_scoring.rank_predictions
 
 
 @dataclasses.dataclass
@@ -66,16 +103,6 @@ class TaskRows:
   options: list[tuple[str, ...]]
   examples: list[dict[str, Any]]  # Raw numpy examples, for postprocessors.
   available: int  # Rows in the split (>= len(inputs) with a row limit).
-
-
-@dataclasses.dataclass
-class _Scorer:
-  """What every task evaluation needs: model, prompt, lengths, settings."""
-  predictor: predicting.Predictor
-  trainable: Any
-  frozen: Any
-  lengths: Mapping[str, int]
-  normalization: str
 
 
 # ------------------------------ task selection -----------------------------
@@ -142,24 +169,46 @@ def read_rows(task: seqio.Task, split: str,
   return rows
 
 
-def demonstrations(task: seqio.Task, seed: int,
-                   k: int) -> list[tuple[str, str]]:
-  """k (input, target) demonstrations of `task` for `seed` (see module doc)."""
+def train_pool(task: seqio.Task, seed: int, size: int) -> list[Demo]:
+  """The seed's (input, target) train rows: all of `train_<seed>`, else the
+  first `size` of a seeded permutation of `train`."""
   split = f"train_{seed}"
   if split in task.splits:
-    rows = read_rows(task, split, k)
+    rows = read_rows(task, split)
   elif "train" in task.splits:
     rows = read_rows(task, "train")
-    order = np.random.default_rng(seed).permutation(len(rows.inputs))[:k]
+    order = np.random.default_rng(seed).permutation(len(rows.inputs))[:size]
     rows.inputs = [rows.inputs[i] for i in order]
     rows.targets = [rows.targets[i] for i in order]
   else:
     raise ValueError(f"task {task.name!r} has neither {split!r} nor 'train'"
                      " to draw demonstrations from")
-  if len(rows.inputs) < k:
-    raise ValueError(f"task {task.name!r}: {k} demonstrations asked, only"
-                     f" {len(rows.inputs)} rows to draw from")
   return list(zip(rows.inputs, rows.targets))
+
+
+def _check_pool(task: seqio.Task, pool: Sequence[Demo], k: int) -> None:
+  if len(pool) < k:
+    raise ValueError(f"task {task.name!r}: {k} demonstrations asked, only"
+                     f" {len(pool)} rows to draw from")
+
+
+def demonstrations(task: seqio.Task, seed: int, k: int) -> list[Demo]:
+  """k (input, target) demonstrations of `task` for `seed` (see module doc)."""
+  pool = train_pool(task, seed, k)
+  _check_pool(task, pool, k)
+  return pool[:k]
+
+
+def row_demonstrations(scorer: _Scorer, task: seqio.Task, rows: TaskRows,
+                       seed: int, k: int) -> list[list[Demo]]:
+  """Per row, its k demonstrations: the seed's (`demonstrations`), or its
+  nearest train rows, most similar last (`demonstrations='knn'`)."""
+  if scorer.demonstrations != "knn":
+    return [demonstrations(task, seed, k)] * len(rows.inputs)
+  pool = train_pool(task, seed, max(metaicl.K_SHOT, k))
+  _check_pool(task, pool, k)
+  return unseen_t5_scoring.knn_demonstrations(scorer, task, pool, rows.inputs,
+                                              k)
 
 
 def task_type(rows: TaskRows) -> str:
@@ -180,85 +229,43 @@ def task_type(rows: TaskRows) -> str:
           else "multi-choice")
 
 
-# ------------------------------ tokenization -------------------------------
-
-
-def fit(ids: Sequence[int], length: int, eos_id: int | None, *,
-        keep_end: bool) -> tuple[np.ndarray, bool]:
-  """Ids trimmed (from the start if `keep_end`) + EOS, zero-padded.
-
-  Returns:
-    ([length] int32, whether anything was trimmed).
-  """
-  room = length - (eos_id is not None)
-  trimmed = len(ids) > room
-  if trimmed:
-    ids = ids[len(ids) - room:] if keep_end else ids[:room]
-  ids = list(ids) + ([eos_id] if eos_id is not None else [])
-  return np.asarray(ids + [0] * (length - len(ids)), np.int32), trimmed
-
-
-def _encode(task: seqio.Task, key: str, texts: Sequence[str], length: int,
-            keep_end: bool) -> tuple[np.ndarray, int]:
-  feature = task.output_features[key]
-  eos = feature.vocabulary.eos_id if feature.add_eos else None
-  fitted = [fit(feature.vocabulary.encode(t), length, eos, keep_end=keep_end)
-            for t in texts]
-  return (np.stack([f[0] for f in fitted]),
-          sum(f[1] for f in fitted))
-
-
 # -------------------------------- scoring ----------------------------------
 
 
-def rank_predictions(scorer: _Scorer, task: seqio.Task, encoder: np.ndarray,
-                     options: Sequence[tuple[str, ...]]
-                     ) -> tuple[list[str], int]:
-  """The best option per example, and how many options were trimmed."""
-  counts = np.asarray([len(o) for o in options])
-  flat = [o for opts in options for o in opts]
-  targets, trimmed = _encode(task, "targets", flat, scorer.lengths["targets"],
-                             keep_end=False)
-  scores = scorer.predictor.score(scorer.trainable, scorer.frozen,
-                                  np.repeat(encoder, counts, axis=0), targets)
-  if scorer.normalization == "mean":
-    scores = scores / np.maximum(np.count_nonzero(targets, axis=1), 1)
-  ends = np.cumsum(counts)
-  best = [int(np.argmax(scores[end - n:end])) for n, end in zip(counts, ends)]
-  return [opts[b] for opts, b in zip(options, best)], trimmed
-
-
-def _generation_metrics(scorer: _Scorer, task: seqio.Task, rows: TaskRows,
-                        encoder: np.ndarray) -> dict[str, float]:
-  vocab = task.output_features["targets"].vocabulary
-  tokens = scorer.predictor.predict(scorer.trainable, scorer.frozen, encoder)
-  predictions = [task.postprocess_fn(vocab.decode(t.tolist()), example=ex,
-                                     is_target=False)
-                 for t, ex in zip(tokens, rows.examples)]
-  targets = [task.postprocess_fn(t, example=ex, is_target=True)
-             for t, ex in zip(rows.targets, rows.examples)]
-  if not task.predict_metric_fns:
-    raise ValueError(f"task {task.name!r} has no (targets, predictions)"
-                     " metric for generation")
-  metrics = {}
-  for fn in task.predict_metric_fns:
-    metrics.update(fn(targets, predictions))
-  return {k: float(v) for k, v in metrics.items()}
+def _content_free_probs(scorer: _Scorer, task: seqio.Task,
+                        demos: Sequence[Sequence[Demo]],
+                        options: Sequence[tuple[str, ...]]) -> list[np.ndarray]:
+  """Per row, p_cf [C_i] of its (demonstrations, options); each distinct
+  pair is scored once."""
+  keys = list(dict.fromkeys(zip(map(tuple, demos), options)))
+  contexts = [[metaicl.kshot_text(d, text) if d else text
+               for text in calibration_lib.CONTENT_FREE_INPUTS]
+              for d, _ in keys]
+  p_cf = dict(zip(keys, unseen_t5_scoring.content_free_probs(
+      scorer, task, contexts, [o for _, o in keys])))
+  return [p_cf[(tuple(d), o)] for d, o in zip(demos, options)]
 
 
 def score_task(scorer: _Scorer, task: seqio.Task, rows: TaskRows, kind: str,
-               demos: Sequence[tuple[str, str]]) -> dict[str, Any]:
-  """One run (one seed) of one task: {metric, score, metrics, trimmed...}."""
-  texts = [metaicl.kshot_text(demos, t) if demos else t for t in rows.inputs]
-  encoder, trimmed_inputs = _encode(task, "inputs", texts,
-                                    scorer.lengths["inputs"], keep_end=True)
+               demos: Sequence[Sequence[Demo]]) -> dict[str, Any]:
+  """One run (one seed) of one task: {metric, score, metrics, trimmed...}.
+
+  `demos`: per row, its demonstrations (empty: zero-shot).
+  """
+  texts = [metaicl.kshot_text(d, t) if d else t
+           for d, t in zip(demos, rows.inputs)]
+  encoder, trimmed_inputs = unseen_t5_scoring.encode(
+      task, "inputs", texts, scorer.lengths["inputs"], keep_end=True)
   trimmed_options = 0
   if kind == "free-form":
-    metrics = _generation_metrics(scorer, task, rows, encoder)
+    metrics = unseen_t5_scoring.generation_metrics(
+        scorer, task, encoder, rows.targets, rows.examples)
     metric = "accuracy" if "accuracy" in metrics else next(iter(metrics))
   else:
+    p_cf = (_content_free_probs(scorer, task, demos, rows.options)
+            if scorer.calibration == "contextual" else None)
     predictions, trimmed_options = rank_predictions(scorer, task, encoder,
-                                                    rows.options)
+                                                    rows.options, p_cf)
     metrics = {"accuracy": metaicl.exact_match_accuracy(rows.targets,
                                                         predictions)}
     metric = "accuracy"
@@ -277,11 +284,11 @@ def evaluate_task(scorer: _Scorer, name: str, *, split: str, k_shot: int,
   rows = read_rows(task, split, max_examples)
   kind = task_type(rows)
   if k_shot:
-    runs = {seed: score_task(scorer, task, rows, kind,
-                             demonstrations(task, seed, k_shot))
-            for seed in seeds}
+    runs = {seed: score_task(scorer, task, rows, kind, row_demonstrations(
+        scorer, task, rows, seed, k_shot)) for seed in seeds}
   else:
-    runs = {None: score_task(scorer, task, rows, kind, [])}
+    runs = {None: score_task(scorer, task, rows, kind,
+                             [[]] * len(rows.inputs))}
   first = next(iter(runs.values()))
   row = {"task": name, "type": kind,
          "method": "generation" if kind == "free-form" else "rank",
@@ -290,6 +297,10 @@ def evaluate_task(scorer: _Scorer, name: str, *, split: str, k_shot: int,
          "trimmed_inputs": sum(r["trimmed_inputs"] for r in runs.values()),
          "trimmed_options": sum(r["trimmed_options"] for r in runs.values())}
   add_seed_summary(row, runs, per_seed=bool(k_shot))
+  if scorer.calibration:
+    row["calibrated"] = kind != "free-form"
+    if kind == "free-form":
+      _LOG.warning("unseen %s: free-form (generation), not calibrated", name)
   if row["trimmed_options"]:
     _LOG.warning("unseen %s: %d options longer than targets length %d were"
                  " trimmed (they may tie)", name, row["trimmed_options"],
@@ -301,15 +312,33 @@ def evaluate_task(scorer: _Scorer, name: str, *, split: str, k_shot: int,
 
 # --------------------------------- table -----------------------------------
 
+DEFAULT_VARIANT = "direct_seed"
+
+
+def variant_name(calibration: str | None, demonstrations: str) -> str:
+  """`direct_<demonstrations>[_calibrated]`, as the decoder table names it."""
+  return f"direct_{demonstrations}" + ("_calibrated" if calibration else "")
+
+
+def table_markdown(table: Mapping[str, Any]) -> str:
+  """`unseen_table.markdown`, headed by the variant."""
+  head = (f"T5 `{table['variant']}` (calibration:"
+          f" {table['calibration'] or 'none'}; demonstrations:"
+          f" {table['demonstrations']}).\n\n")
+  return head + markdown(table)
+
 
 def write_table(table: Mapping[str, Any], output_dir: pathlib.Path
                 ) -> tuple[pathlib.Path, pathlib.Path]:
-  """Writes `unseen_<split>_k<k>.json` and `.md`; returns both paths."""
+  """Writes `unseen_[<variant>_]<split>_k<k>.{json,md}` (no variant in the
+  name for `direct_seed`); returns both paths."""
   output_dir.mkdir(parents=True, exist_ok=True)
-  stem = output_dir / f"unseen_{table['split']}_k{table['k_shot']}"
-  json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+  variant = ("" if table["variant"] == DEFAULT_VARIANT
+             else f"{table['variant']}_")
+  stem = f"unseen_{variant}{table['split']}_k{table['k_shot']}"
+  json_path, md_path = output_dir / f"{stem}.json", output_dir / f"{stem}.md"
   json_path.write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
-  md_path.write_text(markdown(table), encoding="utf-8")
+  md_path.write_text(table_markdown(table), encoding="utf-8")
   return json_path, md_path
 
 
@@ -317,7 +346,8 @@ def write_table(table: Mapping[str, Any], output_dir: pathlib.Path
 
 
 def _check_args(k_shot: int, seeds: Sequence[int], normalization: str,
-                max_examples: int | None) -> None:
+                max_examples: int | None, calibration: str | None,
+                demos: str) -> None:
   if k_shot < 0 or (k_shot and not seeds):
     raise ValueError(f"k_shot={k_shot} must be >= 0, with seeds when > 0")
   if normalization not in NORMALIZATIONS:
@@ -325,6 +355,28 @@ def _check_args(k_shot: int, seeds: Sequence[int], normalization: str,
                      f" {NORMALIZATIONS}")
   if max_examples is not None and max_examples <= 0:
     raise ValueError(f"max_examples_per_task={max_examples} must be > 0")
+  if calibration not in CALIBRATIONS:
+    raise ValueError(f"calibration={calibration!r}; use one of {CALIBRATIONS}")
+  if demos not in DEMONSTRATIONS:
+    raise ValueError(f"demonstrations={demos!r}; use one of {DEMONSTRATIONS}")
+  if demos == "knn" and not k_shot:
+    raise ValueError("demonstrations='knn' needs k_shot > 0")
+
+
+def _merge_alias(name: str, value: Any, old_name: str, old_value: Any,
+                 default: Any) -> Any:
+  """`value`, or its deprecated alias `old_value` if only that one is set.
+
+  Raises:
+    ValueError: (one line) if both are set, to different values.
+  """
+  if old_value == default:
+    return value
+  if value not in (default, old_value):
+    raise ValueError(f"{name}={value!r} and its deprecated alias"
+                     f" {old_name}={old_value!r} disagree; set only {name}")
+  _LOG.warning("%s is deprecated; use %s", old_name, name)
+  return old_value
 
 
 def evaluate_unseen(*, model_dir: str, backbone: run_setup.BackboneConfig,
@@ -339,7 +391,11 @@ def evaluate_unseen(*, model_dir: str, backbone: run_setup.BackboneConfig,
                     score_normalization: str = "mean",
                     trained_on: Sequence[str] = (),
                     max_decode_length: int | None = None,
+                    calibration: str | None = None,
+                    demonstrations: str = "seed",
                     decoder_method: str = "direct",
+                    decoder_order: str | None = None,
+                    decoder_order_probe: str = "generated",
                     decoder_calibration: str | None = None,
                     decoder_demonstrations: str = "seed") -> dict[str, Any]:
   """Evaluates a prompt on unseen tasks; writes and returns the table.
@@ -362,31 +418,46 @@ def evaluate_unseen(*, model_dir: str, backbone: run_setup.BackboneConfig,
     trained_on: tasks/mixtures the prompt was trained on; any overlap with
       `task_names` is an error.
     max_decode_length: generation length (default `targets` length).
-    decoder_method, decoder_calibration, decoder_demonstrations: for a
-      decoder backbone, which is evaluated by
-      `unseen_decoder_eval.evaluate_unseen_decoder_run` (task_names may
-      then be split names such as 'hr_to_lr'; the k-shot budget is
-      inputs + targets; prompt_file='none' evaluates without a prompt).
+    calibration: None or 'contextual' (module doc), either backbone.
+    demonstrations: 'seed' or 'knn' (module doc; needs k_shot > 0), either
+      backbone.
+    decoder_method: 'direct' or 'channel', for a decoder backbone, which is
+      evaluated by `unseen_decoder_eval.evaluate_unseen_decoder_run`
+      (task_names may then be split names such as 'hr_to_lr'; the k-shot
+      budget is inputs + targets; prompt_file='none' evaluates without a
+      prompt).
+    decoder_order, decoder_order_probe: demonstration-order selection for
+      a decoder (None | 'globale' | 'locale'; probes 'generated' by the
+      model or the seed's 'dev' inputs: `DecoderEvalConfig`).
+    decoder_calibration, decoder_demonstrations: deprecated aliases of
+      `calibration` / `demonstrations` (an error if both are set and differ).
 
   Returns:
     The table (also written as JSON and Markdown).
   """
-  _check_args(k_shot, seeds, score_normalization, max_examples_per_task)
+  calibration = _merge_alias("calibration", calibration, "decoder_calibration",
+                             decoder_calibration, None)
+  demonstrations = _merge_alias("demonstrations", demonstrations,
+                                "decoder_demonstrations",
+                                decoder_demonstrations, "seed")
+  _check_args(k_shot, seeds, score_normalization, max_examples_per_task,
+              calibration, demonstrations)
   if run_setup.backbone_kind(backbone) == "decoder":
     cfg = unseen_decoder_eval.DecoderEvalConfig(
         k=k_shot, seeds=tuple(seeds), method=decoder_method,
-        calibration=decoder_calibration, demonstrations=decoder_demonstrations,
+        calibration=calibration, demonstrations=demonstrations,
         split=split, max_rows_per_task=max_examples_per_task,
         score_normalization=score_normalization, batch_size=batch_size,
-        max_length=sum(task_feature_lengths.values()))
+        max_length=sum(task_feature_lengths.values()), order=decoder_order,
+        probe=decoder_order_probe)
     return unseen_decoder_eval.evaluate_unseen_decoder_run(
         model_dir=model_dir, backbone=backbone, prompt=prompt,
         mesh_cfg=mesh_cfg, task_names=task_names, cfg=cfg,
         prompt_file=prompt_file, output_dir=output_dir, trained_on=trained_on)
-  if (decoder_method, decoder_calibration, decoder_demonstrations) != (
-      "direct", None, "seed"):
-    raise ValueError("decoder_method / decoder_calibration /"
-                     " decoder_demonstrations apply to decoder backbones only")
+  if decoder_method != "direct" or decoder_order is not None:
+    raise ValueError(f"decoder_method={decoder_method!r} / decoder_order="
+                     f"{decoder_order!r} apply to decoder backbones only (T5"
+                     " ranks options directly, demonstrations in seed order)")
   names = resolve_tasks(task_names)
   check_unseen(names, trained_on)
   run = run_setup.build_run(backbone=backbone, prompt=prompt,
@@ -398,7 +469,8 @@ def evaluate_unseen(*, model_dir: str, backbone: run_setup.BackboneConfig,
       max_decode_length=max_decode_length or task_feature_lengths["targets"],
       batch_size=batch_size)
   scorer = _Scorer(predictor, trainable, run.frozen,
-                   dict(task_feature_lengths), score_normalization)
+                   dict(task_feature_lengths), score_normalization,
+                   calibration, demonstrations)
   rows = [evaluate_task(scorer, name, split=split, k_shot=k_shot, seeds=seeds,
                         max_examples=max_examples_per_task) for name in names]
   table = {"split": split, "k_shot": k_shot,
@@ -406,10 +478,12 @@ def evaluate_unseen(*, model_dir: str, backbone: run_setup.BackboneConfig,
            "score_normalization": score_normalization,
            "max_examples_per_task": max_examples_per_task,
            "task_feature_lengths": dict(task_feature_lengths),
-           "prompt_file": prompt_file, "rows": rows,
+           "prompt_file": prompt_file, "calibration": calibration,
+           "demonstrations": demonstrations,
+           "variant": variant_name(calibration, demonstrations), "rows": rows,
            **summarize(rows, k_shot, seeds)}
   out_dir = pathlib.Path(output_dir or pathlib.Path(model_dir) / "unseen_eval")
   json_path, md_path = write_table(table, out_dir)
   _LOG.info("unseen-task table: %s, %s", json_path, md_path)
-  print(markdown(table), flush=True)
+  print(table_markdown(table), flush=True)
   return table

@@ -239,3 +239,21 @@ def test_end_to_end_globale_on_the_tiny_decoder(scorer, tmp_path):
       metaicl_pool.macro_f1([r[1] for r in rows], preds))
   json_path, _ = ude.write_table(table, tmp_path)
   assert json_path.name == "unseen_decoder_direct_seed_globale_test_k2.json"
+
+
+def test_evaluate_unseen_passes_the_order_to_the_decoder_config(monkeypatch):
+  from prompt_jax import run_setup  # pylint: disable=g-import-not-at-top
+  from prompt_jax import unseen_eval  # pylint: disable=g-import-not-at-top
+  seen = {}
+  monkeypatch.setattr(ude, "evaluate_unseen_decoder_run",
+                      lambda **kwargs: seen.update(kwargs) or {})
+  unseen_eval.evaluate_unseen(
+      model_dir="/nonexistent", task_names=["hr_to_lr"], k_shot=2,
+      backbone=run_setup.BackboneConfig(preset="tiny", kind="decoder"),
+      prompt=run_setup.PromptConfig(length=2),
+      task_feature_lengths={"inputs": 200, "targets": 56},
+      decoder_order="locale", decoder_order_probe="dev")
+  cfg = seen["cfg"]
+  assert (cfg.order, cfg.probe, cfg.k, cfg.max_length) == (
+      "locale", "dev", 2, 256)
+  assert cfg.variant.startswith("direct_seed_locale")
