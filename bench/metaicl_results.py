@@ -21,8 +21,9 @@ examples-proportionally (`array_batches.MixtureBatches`) and trained with the
 `Trainer` train step (prompt: Adafactor; full: AdamW).
 
 Each finished row is written to `<out>/<split>__<row>.json` (table, settings,
-hardware, wall time); `--render` rewrites the MetaICL section of
-docs/RESULTS.md from the stored rows.
+hardware, wall time; default out: `bench/results/metaicl_<settings>/`);
+`--render` rewrites the MetaICL section of docs/RESULTS.md from the stored
+rows of every settings directory.
 
   .venv/bin/python bench/metaicl_results.py --splits=hr_to_lr --settings=cpu
   .venv/bin/python bench/metaicl_results.py --render
@@ -58,7 +59,7 @@ from prompt_jax.icl import metaicl_splits
 from prompt_jax.prompts import specs
 # pylint: enable=wrong-import-position
 
-OUT_DIR = ROOT / "bench" / "results" / "metaicl"
+RESULTS_DIR = ROOT / "bench" / "results"
 RESULTS_MD = ROOT / "docs" / "RESULTS.md"
 BEGIN, END = "<!-- metaicl_results.py:begin -->", "<!-- metaicl_results.py:end -->"
 ROWS = ("zero_shot", "icl", "metaicl_prompt", "metaicl_full", "icl_calibrated",
@@ -96,7 +97,7 @@ SETTINGS = {
     # This 2-core CPU: a fixed subset (first 6 test tasks with data).
     "cpu": Settings(seeds=(13, 21), max_rows_per_task=16, test_tasks=6,
                     meta_steps=40, meta_batch=4, meta_rows_per_task=32,
-                    max_length=512, trim_to_multiple=64, eval_batch=16),
+                    max_length=512, eval_batch=16, length_bucket=64),
     # The pipeline end to end on a tiny random decoder (minutes, any machine).
     "smoke": Settings(seeds=(13,), max_rows_per_task=4, test_tasks=2,
                       meta_steps=3, meta_batch=8, meta_rows_per_task=8,
@@ -289,8 +290,18 @@ def run_split(split: str, rows: list[str], settings_name: str, gguf: str,
 # -------------------------------- render -----------------------------------
 
 
-def render(out: pathlib.Path = OUT_DIR) -> str:
-  """The Markdown section: per split, one line per row."""
+def render_all(root: pathlib.Path = RESULTS_DIR) -> str:
+  """One subsection per `metaicl_<settings>` directory under `root`."""
+  parts = []
+  for out in sorted(root.glob("metaicl_*"), reverse=True):  # gpu first.
+    settings = out.name.removeprefix("metaicl_")
+    parts += [f"Settings `{settings}` (`{out.relative_to(ROOT)}`):", "",
+              render(out)]
+  return "\n".join(parts)
+
+
+def render(out: pathlib.Path) -> str:
+  """The Markdown of one directory: per split, one line per row."""
   records = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
   lines = []
   present = {r["split"] for r in records}
@@ -340,11 +351,11 @@ def _per_task(mine: dict[str, dict]) -> list[str]:
       f"{s['task']}" for s in skipped) + ".", "", "</details>"]
 
 
-def write_markdown(out: pathlib.Path = OUT_DIR) -> None:
+def write_markdown(root: pathlib.Path = RESULTS_DIR) -> None:
   text = RESULTS_MD.read_text()
   head, rest = text.split(BEGIN)
   _, tail = rest.split(END)
-  RESULTS_MD.write_text(f"{head}{BEGIN}\n{render(out)}{END}{tail}")
+  RESULTS_MD.write_text(f"{head}{BEGIN}\n{render_all(root)}{END}{tail}")
 
 
 def main(argv=None) -> None:
@@ -354,32 +365,27 @@ def main(argv=None) -> None:
   parser.add_argument("--settings", default="cpu", choices=sorted(SETTINGS))
   parser.add_argument("--gguf", default="smollm2",
                       help="SmolLM2 GGUF path ('smollm2': the wheel's)")
-  parser.add_argument("--out", default=str(OUT_DIR))
+  parser.add_argument("--out", default=None,
+                      help="default: bench/results/metaicl_<settings>")
   parser.add_argument("--minutes", type=float, default=1e9,
                       help="start no new row after this many minutes")
-  parser.add_argument("--cpu_scoring", action="store_true",
-                      help="a shared context (bucket 64) instead of fixed"
-                      " shapes: the same scores, cheaper on a CPU")
   parser.add_argument("--render", action="store_true")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING)
   if args.render:
-    write_markdown(pathlib.Path(args.out))
+    write_markdown()
     return
+  out = pathlib.Path(args.out or RESULTS_DIR / f"metaicl_{args.settings}")
   rows = args.rows.split(",")
   unknown = sorted(set(rows) - set(ROWS))
   if unknown:
     parser.error(f"unknown rows {unknown}; expected {list(ROWS)}")
-  if args.cpu_scoring:
-    SETTINGS[args.settings] = dataclasses.replace(
-        SETTINGS[args.settings], shared_context=True, length_bucket=64)
   deadline = time.time() + 60 * args.minutes
   splits = args.splits.split(",")
   # Rows across splits in ROWS order: the most important rows come first.
   for row in rows:
     for split in splits:
-      run_split(split, [row], args.settings, args.gguf,
-                pathlib.Path(args.out), deadline)
+      run_split(split, [row], args.settings, args.gguf, out, deadline)
 
 
 if __name__ == "__main__":
