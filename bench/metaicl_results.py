@@ -97,7 +97,8 @@ SETTINGS = {
     # This 2-core CPU: a fixed subset (first 6 test tasks with data).
     "cpu": Settings(seeds=(13, 21), max_rows_per_task=16, test_tasks=6,
                     meta_steps=40, meta_batch=4, meta_rows_per_task=32,
-                    max_length=512, eval_batch=16, length_bucket=64),
+                    max_length=512, eval_batch=16, shared_context=False,
+                    length_bucket=256),
     # The pipeline end to end on a tiny random decoder (minutes, any machine).
     "smoke": Settings(seeds=(13,), max_rows_per_task=4, test_tasks=2,
                       meta_steps=3, meta_batch=8, meta_rows_per_task=8,
