@@ -41,6 +41,7 @@ Example (`--mode=unseen` with a decoder calls `evaluate_unseen_decoder_run`):
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -177,12 +178,10 @@ def knn_demonstrations(scorer: DecoderScorer, train: Sequence[Demo],
                        ) -> list[list[Demo]]:
   """Per query, the k train rows nearest by input embedding, most similar
   LAST (KATE's order)."""
-  index = demo_selection.NearestNeighbourIndex(
-      sentence_embeddings(scorer, [x for x, _ in train],
-                          max_tokens=max_tokens, bucket=bucket), task=task)
-  nearest, _ = index.query(sentence_embeddings(
-      scorer, queries, max_tokens=max_tokens, bucket=bucket), k)
-  return [[train[i] for i in row] for row in demo_selection.kate_order(nearest)]
+  embed = functools.partial(sentence_embeddings, scorer,
+                            max_tokens=max_tokens, bucket=bucket)
+  return demo_selection.kate_demonstrations(
+      train, embed([x for x, _ in train]), embed(queries), k, task=task)
 
 
 # ------------------------- demonstration order -------------------------

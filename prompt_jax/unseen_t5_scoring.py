@@ -194,11 +194,9 @@ def knn_demonstrations(scorer: T5Scorer, task, train: Sequence[Demo],
                        queries: Sequence[str], k: int) -> list[list[Demo]]:
   """Per query, the k train rows nearest by input embedding (cosine), most
   similar LAST (KATE's order)."""
-  index = demo_selection.NearestNeighbourIndex(
-      sentence_embeddings(scorer, task, [x for x, _ in train]),
-      task=task.name)
-  nearest, _ = index.query(sentence_embeddings(scorer, task, queries), k)
-  return [[train[i] for i in row] for row in demo_selection.kate_order(nearest)]
+  return demo_selection.kate_demonstrations(
+      train, sentence_embeddings(scorer, task, [x for x, _ in train]),
+      sentence_embeddings(scorer, task, queries), k, task=task.name)
 
 
 # ------------------------------- generation --------------------------------

@@ -24,8 +24,13 @@ Worked example (train embeddings in 2-D):
   >>> random_demonstrations(num_train=16, k=4, seed=13)   # 4 distinct ids
 """
 
+from collections.abc import Sequence
+from typing import TypeVar
+
 import numpy as np
 import numpy.typing as npt
+
+T = TypeVar("T")
 
 
 def random_demonstrations(num_train: int, k: int, seed: int, *,
@@ -132,3 +137,14 @@ def kate_order(indices: npt.ArrayLike) -> np.ndarray:
     once the demonstrations are concatenated before it.
   """
   return np.asarray(indices)[..., ::-1].copy()
+
+
+def kate_demonstrations(train: Sequence[T], train_embeddings: npt.ArrayLike,
+                        query_embeddings: npt.ArrayLike, k: int, *,
+                        task: str) -> list[list[T]]:
+  """Per query, the k train rows nearest by cosine similarity, most similar
+  LAST (KATE), from embeddings [N, H] of the train rows and [Q, H] of the
+  queries (any backbone's)."""
+  index = NearestNeighbourIndex(train_embeddings, task=task)
+  nearest, _ = index.query(query_embeddings, k)
+  return [[train[i] for i in row] for row in kate_order(nearest)]
