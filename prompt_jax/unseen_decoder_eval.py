@@ -16,7 +16,8 @@ demonstrations), `demonstrations='knn'` (per query, the k train rows nearest
 by mean-pooled decoder states, most similar last: KATE), a trainable tree
 (meta-trained soft prompt). `max_rows_per_task=N`: the FIRST N query rows of
 each file (a fixed subset for CPU budgets; the table records N). Tasks
-without data or options are listed under `skipped`.
+without data or options are listed under `skipped` (and under the Markdown
+table); a malformed file is an error (`path:line: ...`), never "no data".
 
 Demonstration order (`order='globale'|'locale'`, Lu et al. 2022; k >= 2,
 seed demonstrations): per (task, seed), `order_candidates` seeded
@@ -284,19 +285,29 @@ def _query_split(cfg: DecoderEvalConfig, seed: int) -> str:
 
 
 def skip_reason(folder: str, cfg: DecoderEvalConfig) -> str | None:
-  """Why a test task cannot be evaluated here, or None."""
+  """Why a test task cannot be evaluated here, or None.
+
+  A task without the files (no such split, a missing file or metadata) is
+  skipped; a file that is there but malformed is an error, never "no data".
+
+  Raises:
+    ValueError: `path:line: ...` for a malformed file.
+  """
   if folder not in metaicl_pool.NAME_OF:
     return "not in the MetaICL pool under the data root"
   source = metaicl_pool.MetaICLFiles(folder)
   try:
     for seed in cfg.seeds:
-      source.paths(_query_split(cfg, seed))
-      source.paths(f"train_{seed}")
+      for split in (_query_split(cfg, seed), f"train_{seed}"):
+        if split not in source.files:
+          return (f"no data: MetaICL task {folder!r} has no split {split!r};"
+                  f" it has {sorted(source.files)}.")
+        source.paths(split)
     kind = metaicl_pool.task_type(folder)
     problems = [_probe_problem(cfg, _probe_source_rows(
         folder, seed, source.read(_query_split(cfg, seed)), cfg))
                 for seed in (cfg.seeds if cfg.order else ())]
-  except (FileNotFoundError, ValueError) as e:
+  except FileNotFoundError as e:
     return f"no data: {e}"
   if kind == "free-form":
     return "free-form (no options to rank)"
@@ -405,6 +416,10 @@ def evaluate_folders(scorer: DecoderScorer, folders: Sequence[str],
       skipped.append({"task": folder, "reason": reason})
     else:
       rows.append(evaluate_folder(scorer, folder, cfg))
+  if skipped:
+    _LOG.warning("unseen decoder: %d of %d tasks left out of the mean: %s",
+                 len(skipped), len(folders),
+                 ", ".join(s["task"] for s in skipped))
   if not rows:
     raise ValueError(f"no test task has data: skipped {skipped}")
   seeds = list(cfg.seeds) if cfg.k else []
@@ -418,13 +433,12 @@ def evaluate_folders(scorer: DecoderScorer, folders: Sequence[str],
 
 
 def markdown(table: dict[str, Any]) -> str:
-  """`unseen_table.markdown`'s table, with the variant and the skipped."""
+  """`unseen_table.markdown`'s table (the skipped tasks under it), headed by
+  the variant."""
   head = (f"Decoder `{table['variant']}` (soft prompt:"
           f" {'yes' if table['prompt'] else 'no'}; first"
           f" {table['max_examples_per_task'] or 'all'} rows per task).\n\n")
-  skipped = ", ".join(f"{s['task']} ({s['reason']})" for s in table["skipped"])
-  return (head + unseen_table.markdown(table)
-          + (f"\nSkipped: {skipped}.\n" if skipped else ""))
+  return head + unseen_table.markdown(table)
 
 
 def write_table(table: dict[str, Any], output_dir: pathlib.Path

@@ -47,15 +47,17 @@ Scoring helpers live in `prompt_jax.unseen_t5_scoring`.
 
 Table (JSON): {"rows": [{"task", "type", "method", "metric", "score",
 "metrics", "examples", "available", ...}], "mean": mean of the row scores,
-and with k > 0 "mean_worst" and "seed_means"}, plus the run settings and the
-variant: "calibration", "demonstrations", "variant" (`direct_seed`,
-`direct_knn_calibrated`, ...). Files: `unseen_<split>_k<k>.{json,md}` for
-`direct_seed`, else `unseen_<variant>_<split>_k<k>.{json,md}`.
+and with k > 0 "mean_worst" and "seed_means"; "skipped": the tasks of a
+MetaICL test mixture left out of it, also named under the Markdown table},
+plus the run settings and the variant: "calibration", "demonstrations",
+"variant" (`direct_seed`, `direct_knn_calibrated`, ...). Files:
+`unseen_<split>_k<k>.{json,md}` for `direct_seed`, else
+`unseen_<variant>_<split>_k<k>.{json,md}`.
 
 Example (what `main.py --mode=unseen` runs from `runs/unseen_eval.gin`):
 
   table = evaluate_unseen(
-      model_dir="/tmp/run", backbone=run_setup.BackboneConfig(preset="base"),
+      model_dir="/tmp/run", backbone=run_setup.BackboneConfig(path="/ckpt/t5_base"),
       prompt=run_setup.PromptConfig(length=100),
       task_names=["metaicl_hr_to_lr_test_v100"], k_shot=4,
       task_feature_lengths={"inputs": 512, "targets": 16},
@@ -79,6 +81,7 @@ from prompt_jax import predicting
 from prompt_jax import run_setup
 from prompt_jax import unseen_decoder_eval
 from prompt_jax import unseen_t5_scoring
+from prompt_jax import unseen_table
 from prompt_jax.icl import calibration as calibration_lib
 from prompt_jax.unseen_table import add_seed_summary, markdown, summarize
 from tasks import metaicl  # Registers every task (entry points may).
@@ -473,6 +476,9 @@ def evaluate_unseen(*, model_dir: str, backbone: run_setup.BackboneConfig,
                    calibration, demonstrations)
   rows = [evaluate_task(scorer, name, split=split, k_shot=k_shot, seeds=seeds,
                         max_examples=max_examples_per_task) for name in names]
+  skipped = unseen_table.metaicl_left_out(task_names, names)
+  if skipped:
+    _LOG.warning("unseen: %s", unseen_table.left_out_line(skipped))
   table = {"split": split, "k_shot": k_shot,
            "seeds": list(seeds) if k_shot else [],
            "score_normalization": score_normalization,
@@ -481,7 +487,7 @@ def evaluate_unseen(*, model_dir: str, backbone: run_setup.BackboneConfig,
            "prompt_file": prompt_file, "calibration": calibration,
            "demonstrations": demonstrations,
            "variant": variant_name(calibration, demonstrations), "rows": rows,
-           **summarize(rows, k_shot, seeds)}
+           "skipped": skipped, **summarize(rows, k_shot, seeds)}
   out_dir = pathlib.Path(output_dir or pathlib.Path(model_dir) / "unseen_eval")
   json_path, md_path = write_table(table, out_dir)
   _LOG.info("unseen-task table: %s, %s", json_path, md_path)

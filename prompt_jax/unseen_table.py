@@ -3,7 +3,9 @@
 Shared by `prompt_jax.unseen_eval` (T5, seqio tasks) and
 `prompt_jax.unseen_decoder_eval` (decoders, MetaICL files); no seqio here.
 A table is `{split, k_shot, seeds, score_normalization, rows: [{task, type,
-metric, examples, score[, worst, seeds]}], mean[, mean_worst, seed_means]}`.
+metric, examples, score[, worst, seeds]}], skipped: [{task, reason}],
+mean[, mean_worst, seed_means]}`; `skipped` lists the tasks asked for but left
+out of the mean (the Markdown names them under the table, or says none).
 
   row = {"task": "superglue-cb", "type": "classification",
          "metric": "macro_f1", "examples": 56}
@@ -16,6 +18,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from prompt_jax.icl import metaicl_pool
+from prompt_jax.icl import metaicl_splits
 
 
 def add_seed_summary(row: dict[str, Any], runs: dict[Any, dict[str, Any]],
@@ -47,8 +52,35 @@ def summarize(rows: Sequence[dict[str, Any]], k_shot: int,
   return out
 
 
+def metaicl_left_out(task_names: Sequence[str], evaluated: Sequence[str]
+                     ) -> list[dict[str, str]]:
+  """The test tasks of each MetaICL test mixture in `task_names`
+  (`metaicl_<split>_test_v100`) that are not among the `evaluated` seqio
+  task names, as `{task, reason}` (seqio name, or the folder for one the
+  pool lacks): the mixture holds only pool tasks with a test file."""
+  out = {}
+  for split in metaicl_splits.SPLIT_NAMES:
+    if metaicl_splits.test_mixture_name(split) not in task_names:
+      continue
+    for folder in metaicl_splits.test_folders(split):
+      name = metaicl_pool.NAME_OF.get(folder, folder)
+      if name not in evaluated and name not in out:
+        out[name] = ("no test file" if folder in metaicl_pool.NAME_OF
+                     else "not in the MetaICL pool under the data root")
+  return [{"task": name, "reason": reason} for name, reason in out.items()]
+
+
+def left_out_line(skipped: Sequence[Mapping[str, str]]) -> str:
+  """One line naming the tasks left out of the mean and why (or none)."""
+  if not skipped:
+    return "Left out of the mean: none."
+  return (f"Left out of the mean ({len(skipped)}): " + ", ".join(
+      f"{s['task']} ({s['reason']})" for s in skipped) + ".")
+
+
 def markdown(table: Mapping[str, Any]) -> str:
-  """The table as Markdown: one row per task, then the mean."""
+  """The table as Markdown: one row per task, the mean, then the tasks left
+  out of it (`left_out_line`)."""
   seeds = [str(s) for s in table["seeds"]] if table["k_shot"] else []
   head = ["task", "type", "metric", "n", "score"]
   if seeds:
@@ -69,4 +101,5 @@ def markdown(table: Mapping[str, Any]) -> str:
     mean += [f"{table['mean_worst']:.2f}"] + [
         f"{table['seed_means'][s]:.2f}" for s in seeds]
   lines.append("| " + " | ".join(mean) + " |")
+  lines += ["", left_out_line(table["skipped"])]
   return "\n".join(lines) + "\n"

@@ -9,7 +9,16 @@ MetaICL layer (`prompt_jax/icl/metaicl_pool.py`, `kshot_format.py`,
 `tasks.testing_tasks` (in-memory tasks for tests) is not imported here.
 """
 
-from tasks import sentence_classification
+import sys
+
+if sys.argv[:1] == ["-m"]:
+  # `python -m tasks ...` imports this package before its __main__ runs
+  # (argv[0] is "-m" meanwhile): quiet TensorFlow's native GPU-probe lines
+  # before seqio imports it, as `prompt_jax.main` does.
+  from prompt_jax import console  # pylint: disable=g-import-not-at-top
+  console.setup(native_filter="--verbose" not in sys.argv)
+
+from tasks import sentence_classification  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from tasks import metaicl
 from tasks import formats  # UnifiedQA generation + EFL entailment formats.
 from tasks import pet  # PET pattern-verbalizer pairs (rank classification).

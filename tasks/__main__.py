@@ -7,7 +7,9 @@
       and the tasks the split names that the data lacks (or lists as both
       train and test)
 
-Importing `tasks` registers everything; nothing is read from the data files.
+Importing `tasks` registers everything; nothing is read from the data files,
+so listing works without a data root. A listing that fails (a missing data
+root, a malformed file) prints one line, `error: ...`, and exits with 2.
 """
 
 import argparse
@@ -41,6 +43,8 @@ def _split_report(split: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m tasks")
+  parser.add_argument("--verbose", action="store_true",
+                      help="keep TensorFlow's native log lines")
   sub = parser.add_subparsers(dest="command", required=True)
   listing = sub.add_parser("list", help="list registered tasks")
   group = listing.add_mutually_exclusive_group()
@@ -49,17 +53,22 @@ def main(argv: Sequence[str] | None = None) -> int:
   group.add_argument("--split", choices=mixtures.SPLIT_NAMES,
                      help="describe one MetaICL split")
   args = parser.parse_args(argv)
-  if args.split:
-    lines = _split_report(args.split)
-  elif args.mixtures:
-    lines = sorted(seqio.MixtureRegistry.names())
-  else:
-    registered = set(seqio.TaskRegistry.names())
-    missing = [n for n in tasks.TASK_NAMES if n not in registered]
-    if missing:
-      print(f"error: listed but not registered: {missing}", file=sys.stderr)
-      return 1
-    lines = list(tasks.TASK_NAMES)
+  try:
+    if args.split:
+      lines = _split_report(args.split)
+    elif args.mixtures:
+      lines = sorted(seqio.MixtureRegistry.names())
+    else:
+      registered = set(seqio.TaskRegistry.names())
+      missing = [n for n in tasks.TASK_NAMES if n not in registered]
+      if missing:
+        print(f"error: listed but not registered: {missing}", file=sys.stderr)
+        return 1
+      lines = list(tasks.TASK_NAMES)
+  except (FileNotFoundError, ValueError) as e:
+    message = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+    print(f"error: {message}", file=sys.stderr)
+    return 2
   print("\n".join(lines))
   return 0
 

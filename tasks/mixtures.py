@@ -20,10 +20,10 @@ in `METAICL_SPLITS` (a test checks them against the files), become
     `meta_train` split (every k-shot row plus the test file) capped at
     `METAICL_RATE_CAP`. Train on it with split `meta_train` (or one
     `train_<seed>`). Train tasks the split names but the pool lacks are
-    listed in `MISSING_TRAIN_TASKS` (and logged at INFO on import), never
-    silently dropped; a task listed as both train and test (`sick` in
-    non_nli_to_nli, as upstream) is left out of training and listed in
-    `TRAIN_TEST_OVERLAP`.
+    listed in `MISSING_TRAIN_TASKS` (and logged as a WARNING, with their
+    count and names, on import), never silently dropped; a task listed as
+    both train and test (`sick` in non_nli_to_nli, as upstream) is left out
+    of training and listed in `TRAIN_TEST_OVERLAP`.
   * `TEST_TASK_LISTS["metaicl_<split>_test_tasks"]`: the split's unseen test
     tasks in the pool (seqio names); `TEST_TASKS_WITH_TEST_FILE[...]` those
     that have a `test` split; `MISSING_TEST_TASKS[<split>]` the rest.
@@ -106,8 +106,35 @@ def mixing_rates(task_names: Sequence[str], *, split: str,
   return {name: rate(seqio.TaskRegistry.get(name)) for name in task_names}
 
 
+class LeftOutReportingMixture(seqio.Mixture):
+  """A mixture that names, as a WARNING when a run first reads it, the
+  tasks it should hold but the data lacks (`left_out`)."""
+
+  left_out: tuple[str, ...] = ()
+  _reported: bool = False
+
+  def get_dataset(self, *args, **kwargs):  # pylint: disable=arguments-differ
+    if self.left_out and not self._reported:
+      self._reported = True
+      _LOG.warning("%s: %d of its tasks are absent from the data and left "
+                   "out: %s", self.name, len(self.left_out),
+                   ", ".join(self.left_out))
+    return super().get_dataset(*args, **kwargs)
+
+
+def add_mixture(name: str, tasks: Sequence, left_out: Sequence[str] = (),
+                **kwargs) -> seqio.Mixture:
+  """(Re-)registers a seqio mixture that reports `left_out` tasks on use."""
+  seqio.MixtureRegistry.remove(name)
+  mixture = seqio.MixtureRegistry.add(
+      name, list(tasks), mixture_cls=LeftOutReportingMixture, **kwargs)
+  mixture.left_out = tuple(left_out)
+  return mixture
+
+
 def register_mixture(name: str, task_names: Sequence[str], *, split: str,
-                     cap: int | None = None) -> seqio.Mixture:
+                     cap: int | None = None, left_out: Sequence[str] = ()
+                     ) -> seqio.Mixture:
   """(Re-)registers an examples-proportional mixture with a rate cap.
 
   Args:
@@ -115,6 +142,8 @@ def register_mixture(name: str, task_names: Sequence[str], *, split: str,
     task_names: registered seqio tasks, no duplicates.
     split: the split whose row count sets each task's rate.
     cap: the largest rate (None: uncapped).
+    left_out: tasks the mixture should hold but cannot (named in a WARNING
+      when a run reads the mixture).
 
   Raises:
     ValueError: (one line) for no task, a duplicate or an unknown task.
@@ -122,8 +151,7 @@ def register_mixture(name: str, task_names: Sequence[str], *, split: str,
   task_names = tuple(task_names)
   _check_registered(task_names)
   rate = ExamplesProportionalRate(split, cap)
-  seqio.MixtureRegistry.remove(name)
-  return seqio.MixtureRegistry.add(name, [(t, rate) for t in task_names])
+  return add_mixture(name, [(t, rate) for t in task_names], left_out)
 
 
 # ------------------------------ MetaICL splits -----------------------------
@@ -161,15 +189,28 @@ for _split, _lists in METAICL_SPLITS.items():
 def register_metaicl_mixtures() -> None:
   """(Re-)registers the train and test mixtures of every MetaICL split."""
   for split in SPLIT_NAMES:
+    test_tasks = TEST_TASKS_WITH_TEST_FILE[test_list_name(split)]
+    no_test_file = tuple(
+        metaicl.FOLDER_OF[n] for n in TEST_TASK_LISTS[test_list_name(split)]
+        if n not in test_tasks)
     register_mixture(train_mixture_name(split), TRAIN_TASKS[split],
-                     split=METAICL_RATE_SPLIT, cap=METAICL_RATE_CAP)
-    register_mixture(test_mixture_name(split),
-                     TEST_TASKS_WITH_TEST_FILE[test_list_name(split)],
-                     split="test", cap=METAICL_RATE_CAP)
+                     split=METAICL_RATE_SPLIT, cap=METAICL_RATE_CAP,
+                     left_out=MISSING_TRAIN_TASKS[split])
+    register_mixture(test_mixture_name(split), test_tasks, split="test",
+                     cap=METAICL_RATE_CAP,
+                     left_out=MISSING_TEST_TASKS[split] + no_test_file)
+
+
+def missing_folders() -> tuple[str, ...]:
+  """Every folder some split names but the pool lacks, first one first."""
+  return tuple(dict.fromkeys(
+      f for split in SPLIT_NAMES
+      for f in MISSING_TRAIN_TASKS[split] + MISSING_TEST_TASKS[split]))
 
 
 def missing_report(verbose: bool = False) -> str:
-  """One line: per split, how many named tasks the pool lacks (or which)."""
+  """One line: per split, how many named tasks the pool lacks (or which);
+  `verbose` starts with the number of distinct tasks left out."""
   parts = []
   for split in SPLIT_NAMES:
     train, test = MISSING_TRAIN_TASKS[split], MISSING_TEST_TASKS[split]
@@ -179,13 +220,12 @@ def missing_report(verbose: bool = False) -> str:
       parts.append(f"{split} train {len(train)}/"
                    f"{len(METAICL_SPLITS[split]['train'])} test {len(test)}/"
                    f"{len(METAICL_SPLITS[split]['test'])}")
-  return ("MetaICL split tasks absent from the data, left out of the"
+  count = f"{len(missing_folders())} " if verbose else ""
+  return (f"{count}MetaICL split tasks absent from the data, left out of the"
           " mixtures: " + ", ".join(parts) + ("" if verbose else
           " (lists: tasks.mixtures.MISSING_TRAIN_TASKS / MISSING_TEST_TASKS,"
           " or `python -m tasks list --split SPLIT`)"))
 
 
 register_metaicl_mixtures()
-# INFO, not WARNING: CLI errors must stay one line on stderr.
-_LOG.info(missing_report(verbose=True))
 del _split, _lists, _test

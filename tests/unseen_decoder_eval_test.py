@@ -159,7 +159,11 @@ def test_table_metrics_mean_worst_and_skipped(scorer, tmp_path):
   assert json.loads(json_path.read_text())["rows"][0]["task"] == "superglue-cb"
   markdown = md_path.read_text()
   assert "| superglue-copa | multi-choice | accuracy | 8 |" in markdown
-  assert "Skipped: no-such-task (not in the MetaICL pool" in markdown
+  lines = markdown.splitlines()
+  assert lines[-2:] == ["", "Left out of the mean (2): no-such-task (not in"
+                        " the MetaICL pool under the data root),"
+                        f" yelp_polarity ({table['skipped'][1]['reason']})."]
+  assert lines[-3].startswith("| **mean** |")
 
 
 def test_contextual_calibration_reweights_by_content_free_scores(scorer):
@@ -218,7 +222,7 @@ def test_bad_settings_are_one_line_errors():
   with pytest.raises(ValueError, match="decoder backbones only"):
     unseen_eval.evaluate_unseen(
         model_dir="/nonexistent", backbone=run_setup.BackboneConfig(
-            preset="t5_1_1_tiny", kind="t5"),
+            random_weights=True, preset="t5_1_1_tiny", kind="t5"),
         prompt=run_setup.PromptConfig(length=4), task_names=["x"],
         task_feature_lengths={"inputs": 8, "targets": 4},
         decoder_method="channel")

@@ -40,7 +40,7 @@ def _prompt_file(tmp_path: pathlib.Path) -> str:
 
 def _tiny_backbone() -> run_setup.BackboneConfig:
   """The backbone of models/t5_1_1_tiny.gin (random weights, seed 0)."""
-  return run_setup.BackboneConfig(preset="t5_1_1_tiny", overrides={
+  return run_setup.BackboneConfig(random_weights=True, preset="t5_1_1_tiny", overrides={
       "vocab_size": 32128, "emb_dim": H, "num_heads": 4, "head_dim": 16,
       "mlp_dim": 128})
 
@@ -92,6 +92,9 @@ def test_end_to_end_k_shot_table(tmp_path):
   assert [line.split(" | ")[0][2:] for line in body[1:]] == [
       CB, COPA, LAMA, "**mean**"]
   assert f"| {table['mean']:.2f} |" in body[-1]
+  # Tasks named one by one (no MetaICL test mixture): none left out.
+  assert table["skipped"] == []
+  assert markdown.splitlines()[-1] == "Left out of the mean: none."
 
 
 def _independent_scores(run, prompt_file: str, task_name: str, n: int):

