@@ -5,6 +5,12 @@ Reads either a registered task's split (`dataset_cfg`) or a JSONL file of
 one JSON line per example to `output_file` (atomically; an existing file
 needs `overwrite=True`): `prediction` (decoded text and ids) in 'predict'
 mode, `score` (summed target log-prob) in 'score' mode.
+
+File text is tokenized as `python -m prompt_jax.score` does: T5 appends EOS
+to inputs and targets; a decoder gets the plain text (no EOS; BOS first
+when its tokenizer adds one), so with the same prompt (or none: a
+zero-length prompt file) both give the same scores. Task splits keep the
+task's own features (EOS included).
 Gin-free; `main.py --mode=infer` binds it.
 """
 
@@ -15,6 +21,7 @@ import jax
 import numpy as np
 
 from prompt_jax import data as data_lib
+from prompt_jax import decoder_model
 from prompt_jax import evaluate as evaluate_lib
 from prompt_jax import jsonl_io
 from prompt_jax import predicting
@@ -24,17 +31,38 @@ from prompt_jax import scoring
 MODES = ("predict", "score")
 
 
-def _ids(path: str, line: int, key: str, value: Any, tokenizer) -> list[int]:
+def _ids(path: str, line: int, key: str, value: Any, tokenizer,
+         decoder: bool) -> list[int]:
+  """Ids of one field, as `prompt_jax.score` makes them.
+
+  Text: T5 appends EOS; a decoder gets the plain text (scored as a
+  continuation, or continued by generation). Id lists are used as given.
+  A decoder's padding mask comes from id 0, so it may not occur.
+  """
   if isinstance(value, str):
-    return tokenizer.encode(value) + [tokenizer.eos_id]
-  if isinstance(value, list) and value and all(
+    if tokenizer is None:
+      raise jsonl_io.JsonlError(path, line, f'"{key}" is text but the '
+                                "backbone has no tokenizer (give ids or set "
+                                "BackboneConfig.vocab_path)")
+    ids = tokenizer.encode(value)
+    if not decoder:
+      return ids + [tokenizer.eos_id]
+  elif isinstance(value, list) and value and all(
       isinstance(v, int) and not isinstance(v, bool) for v in value):
-    return value
-  raise jsonl_io.JsonlError(path, line, f'"{key}" must be text or a '
-                            "non-empty list of ints")
+    ids = value
+  else:
+    raise jsonl_io.JsonlError(path, line, f'"{key}" must be text or a '
+                              "non-empty list of ints")
+  if not ids:
+    raise jsonl_io.JsonlError(path, line, f'"{key}" is empty')
+  if decoder and 0 in ids:
+    raise jsonl_io.JsonlError(path, line, f'"{key}"[{ids.index(0)}] is 0, '
+                              "the padding id (it would be ignored)")
+  return ids
 
 
-def _file_rows(path: str, mode: str, tokenizer) -> tuple[list, dict]:
+def _file_rows(path: str, mode: str, tokenizer,
+               decoder: bool) -> tuple[list, dict]:
   records = jsonl_io.read_jsonl(path)
   keys = ("inputs", "targets") if mode == "score" else ("inputs",)
   ids = {k: [] for k in keys}
@@ -42,7 +70,7 @@ def _file_rows(path: str, mode: str, tokenizer) -> tuple[list, dict]:
     for key in keys:
       if key not in record:
         raise jsonl_io.JsonlError(path, line, f'missing key "{key}"')
-      ids[key].append(_ids(path, line, key, record[key], tokenizer))
+      ids[key].append(_ids(path, line, key, record[key], tokenizer, decoder))
   return [r for _, r in records], {
       k: scoring.pad_batch(v) for k, v in ids.items()}
 
@@ -80,7 +108,8 @@ def infer(*, model_dir: str, backbone: run_setup.BackboneConfig,
                             mesh_cfg=mesh_cfg)
   trainable = evaluate_lib.load_trainable(run, model_dir, prompt_file)
   if input_file is not None:
-    rows, ids = _file_rows(input_file, mode, run.tokenizer)
+    rows, ids = _file_rows(input_file, mode, run.tokenizer, isinstance(
+        run.model, decoder_model.PromptDecoderModel))
   else:
     rows, ids = _task_rows(dataset_cfg, run.tokenizer)
   predictor = predicting.Predictor(

