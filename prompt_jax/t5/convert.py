@@ -7,39 +7,41 @@ unexpected and wrongly shaped tensors are all collected and reported in one
 `CheckpointMismatchError`.
 """
 
-from typing import Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import flax.traverse_util
 import jax
 import numpy as np
 
+from prompt_jax import lazy_tensors
+from prompt_jax.lazy_tensors import Layout
 from prompt_jax.t5.config import T5Config
 from prompt_jax.t5.network import T5Transformer
 
-# HF duplicates of the shared embedding; accepted and ignored when loading.
+# HF copies of the shared embedding: checked equal to it, then ignored.
 _TIED_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+_SHARED = "shared.weight"
+_HEAD = "lm_head.weight"
 
 
 class CheckpointMismatchError(ValueError):
   """Raised when checkpoint tensors do not match the model exactly."""
 
 
-def _qkv(n: int, d: int):
+def _qkv(n: int, d: int) -> Layout:
   """HF [N*D, H] <-> ours [H, N, D]."""
-  return (lambda w: w.T.reshape(w.shape[1], n, d),
-          lambda p: p.reshape(p.shape[0], n * d).T)
+  return Layout(transpose=True, split=1, heads=n, head_dim=d)
 
 
-def _out(n: int, d: int):
+def _out(n: int, d: int) -> Layout:
   """HF [H, N*D] <-> ours [N, D, H]."""
-  return (lambda w: w.T.reshape(n, d, w.shape[0]),
-          lambda p: p.reshape(n * d, p.shape[-1]).T)
+  return Layout(transpose=True, split=0, heads=n, head_dim=d)
 
 
-_T = (lambda w: w.T, lambda p: p.T)
-_ID = (lambda w: w, lambda p: p)
+_T = Layout(transpose=True)
+_ID = Layout()
 
-Row = tuple[str, str, tuple[Callable, Callable]]
+Row = tuple[str, str, Layout]
 
 
 def _attention_rows(hf: str, ours: str, cfg: T5Config) -> Iterator[Row]:
@@ -56,7 +58,7 @@ def _mlp_rows(hf: str, ours: str, cfg: T5Config) -> Iterator[Row]:
 
 
 def _hf_table(cfg: T5Config) -> list[Row]:
-  """Every (hf_name, our_path, (hf_to_ours, ours_to_hf)) for `cfg`."""
+  """Every (hf_name, our_path, layout) for `cfg`."""
   rows: list[Row] = [("shared.weight", "token_embedder/embedding", _ID)]
   for stack in ("encoder", "decoder"):
     rows.append((f"{stack}.block.0.layer.0.SelfAttention."
@@ -99,53 +101,81 @@ def abstract_params(cfg: T5Config) -> dict[str, jax.ShapeDtypeStruct]:
   return flax.traverse_util.flatten_dict(params, sep="/")
 
 
-def params_from_hf(state: Mapping[str, np.ndarray], cfg: T5Config,
-                   source: str = "checkpoint") -> dict:
+def params_from_hf(state: Mapping[str, Any], cfg: T5Config,
+                   source: str = "checkpoint",
+                   shardings: Mapping[str, Any] | None = None) -> dict:
   """Converts an HF T5 state dict (name -> [out, in] arrays) to our tree.
 
+  HF's copies of the embedding, `encoder/decoder.embed_tokens.weight`, must
+  equal `shared.weight` exactly, and so must a stored `lm_head.weight` when
+  the head is tied (`cfg.logits_via_embedding`: it is dropped). An untied
+  head's `lm_head.weight` is its own weight (transformers 5 also uses a
+  stored head that differs from the embedding, whatever
+  `tie_word_embeddings` says).
+
+  Args:
+    state: HF name -> array or `lazy_tensors.Tensor` (read only as needed).
+    cfg: the model config.
+    source: names the checkpoint in error messages.
+    shardings: {'a/b/c': sharding} (`lazy_tensors.flat_shardings`): build
+      `jax.Array`s shard by shard; None gives numpy arrays.
+
   Raises:
-    CheckpointMismatchError: listing every missing, unexpected and wrongly
-      shaped tensor at once.
+    CheckpointMismatchError: listing every missing, unexpected, wrongly
+      shaped and unequal tied tensor at once.
   """
+  state = {name: lazy_tensors.as_tensor(v) for name, v in state.items()}
   expected = abstract_params(cfg)
-  flat, missing, bad_shape = {}, [], []
-  used = set(_TIED_ALIASES)
+  leaves, missing, bad_shape = {}, [], []
+  tied = list(_TIED_ALIASES)
   if cfg.logits_via_embedding:
-    used.add("lm_head.weight")  # Tied head: a stored copy is redundant.
-  for hf_name, path, (to_ours, _) in _hf_table(cfg):
+    tied.append(_HEAD)  # Tied head: a stored copy is redundant.
+  used = set(tied)
+  for hf_name, path, layout in _hf_table(cfg):
     if hf_name not in state:
       missing.append(hf_name)
       continue
     used.add(hf_name)
-    value = to_ours(np.asarray(state[hf_name]))
-    if value.shape != expected[path].shape:
-      bad_shape.append(f"{hf_name}: {tuple(state[hf_name].shape)} gives "
-                       f"{value.shape}, model wants {expected[path].shape}")
+    stored, want = state[hf_name].shape, tuple(expected[path].shape)
+    ours = layout.our_shape(stored)
+    if ours != want:
+      bad_shape.append(
+          f"{hf_name}: {stored} gives {ours}, model wants {want}" if ours
+          else f"{hf_name}: {stored}, model wants {layout.stored_shape(want)}")
       continue
-    flat[path] = value
+    leaves[path] = (state[hf_name], layout)
   unexpected = sorted(set(state) - used)
-  raise_if_mismatch(source, missing, unexpected, bad_shape)
-  return flax.traverse_util.unflatten_dict(flat, sep="/")
+  differ = [name for name in tied if name in state and _SHARED in state
+            and not lazy_tensors.equal(state[name], state[_SHARED])]
+  raise_if_mismatch(source, missing, unexpected, bad_shape, differ)
+  return lazy_tensors.build(leaves, shardings)
 
 
 def hf_from_params(params: Mapping, cfg: T5Config) -> dict[str, np.ndarray]:
   """Our param tree -> HF T5 state dict (the inverse of `params_from_hf`)."""
   flat = flax.traverse_util.flatten_dict(flax.core.meta.unbox(params),
                                          sep="/")
-  state = {hf_name: np.ascontiguousarray(from_ours(np.asarray(flat[path])))
-           for hf_name, path, (_, from_ours) in _hf_table(cfg)}
+  state = {hf_name: np.ascontiguousarray(layout.from_ours(
+      np.asarray(flat[path]))) for hf_name, path, layout in _hf_table(cfg)}
   if cfg.logits_via_embedding:
-    state["lm_head.weight"] = state["shared.weight"]
+    state[_HEAD] = state[_SHARED]
   return state
 
 
 def raise_if_mismatch(source: str, missing: list, unexpected: list,
-                       bad_shape: list) -> None:
-  if not (missing or unexpected or bad_shape):
+                      bad_shape: list, differ: list = (),
+                      shared: str = _SHARED) -> None:
+  """One `CheckpointMismatchError` listing every problem, or nothing.
+
+  `differ`: tied copies (e.g. `lm_head.weight`) unequal to `shared` (the
+  embedding they must copy).
+  """
+  if not (missing or unexpected or bad_shape or differ):
     return
   parts = []
   for label, items in (("missing", missing), ("unexpected", unexpected),
-                       ("wrong shape", bad_shape)):
+                       ("wrong shape", bad_shape),
+                       (f"tied but not equal to {shared}", differ)):
     if items:
       parts.append(f"{len(items)} {label}: " + "; ".join(items))
   raise CheckpointMismatchError(

@@ -9,7 +9,14 @@
     The config is inferred from shapes (plus `config.gin` when present) and
     T5X's 2-D attention kernels are reshaped to our 3-D ones.
 Every path is strict: one `CheckpointMismatchError` lists all missing,
-unexpected and wrongly shaped tensors. Nothing is ever written over.
+unexpected and wrongly shaped tensors, and HF copies of the tied embedding
+that differ from `shared.weight`. Nothing is ever written over.
+
+With `shardings` (a sharding tree, or a function of the config that returns
+one), each param is built in its sharding straight from the files
+(`lazy_tensors`): a device's shard is read as a slice of a safetensors file,
+a TensorStore array or a memory-mapped torch file, so a host needs memory
+for about one tensor, not the whole model.
 """
 
 import json
@@ -26,6 +33,7 @@ import ml_dtypes
 import numpy as np
 from safetensors import numpy as st_numpy
 
+from prompt_jax import lazy_tensors
 from prompt_jax.t5 import convert
 from prompt_jax.t5 import t5x_format
 from prompt_jax.t5.config import T5Config, from_hf_config
@@ -45,16 +53,20 @@ _GIN_FIELDS = ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim",
                "logits_via_embedding")
 
 
-def load_backbone(path: str | os.PathLike, **overrides
-                  ) -> tuple[T5Config, dict]:
+def load_backbone(path: str | os.PathLike,
+                  shardings: lazy_tensors.Shardings | None = None,
+                  **overrides) -> tuple[T5Config, dict]:
   """Loads a Hugging Face or T5X backbone directory (see module docstring).
 
   Args:
     path: the directory (for T5X also a checkpoint_<step> dir).
+    shardings: the params' sharding tree, or a function of the loaded
+      `T5Config` returning it (called before any weight is read); None
+      loads numpy arrays.
     **overrides: T5Config fields to set (e.g. dtype); for T5X also num_heads.
 
   Returns:
-    (config, param tree of numpy arrays).
+    (config, param tree of numpy arrays, or of `jax.Array`s in `shardings`).
 
   Raises:
     FileNotFoundError: `path` does not exist.
@@ -65,9 +77,9 @@ def load_backbone(path: str | os.PathLike, **overrides
   if not path.exists():
     raise FileNotFoundError(f"backbone directory not found: {path}")
   if path.is_dir() and (path / _CONFIG).is_file():
-    return load_hf_dir(path, **overrides)
+    return load_hf_dir(path, shardings, **overrides)
   if t5x_format.is_t5x_dir(path):
-    return load_t5x_dir(path, **overrides)
+    return load_t5x_dir(path, shardings=shardings, **overrides)
   found = sorted(os.listdir(path))[:8] if path.is_dir() else [path.name]
   raise ValueError(
       f"{path}: not a T5 backbone; expected {_CONFIG} with {_SAFE}, "
@@ -78,8 +90,9 @@ def load_backbone(path: str | os.PathLike, **overrides
 # ---------------------------------------------------------------- Hugging Face
 
 
-def load_hf_dir(path: str | os.PathLike, **overrides
-                ) -> tuple[T5Config, dict]:
+def load_hf_dir(path: str | os.PathLike,
+                shardings: lazy_tensors.Shardings | None = None,
+                **overrides) -> tuple[T5Config, dict]:
   """Loads a Hugging Face T5 directory (config.json + weights).
 
   `scale_decoder_outputs` (written by transformers 5, which always writes
@@ -87,7 +100,12 @@ def load_hf_dir(path: str | os.PathLike, **overrides
   otherwise `tie_word_embeddings` does (absent means tied, as in T5 1.0).
   An unscaled head with tie_word_embeddings=true and no `lm_head.weight`
   (a transformers 5 save of a T5 1.1 model) copies the embedding into
-  `decoder/logits_dense`, which is what transformers 5 computes.
+  `decoder/logits_dense`, which is what transformers 5 computes. A tied
+  (scaled) head drops a stored `lm_head.weight`, which must then equal
+  `shared.weight`, as must `encoder/decoder.embed_tokens.weight`; an
+  unscaled head uses a stored `lm_head.weight` as its own weight (as
+  transformers 5 does even under tie_word_embeddings=true when the two
+  differ). `shardings`: see `load_backbone`.
 
   Raises:
     FileNotFoundError: missing directory, config.json or weights file.
@@ -107,7 +125,8 @@ def load_hf_dir(path: str | os.PathLike, **overrides
       and "lm_head.weight" not in state and "shared.weight" in state):
     # transformers 5 ties an unscaled head to the embedding in this case.
     state["lm_head.weight"] = state["shared.weight"]
-  return cfg, convert.params_from_hf(state, cfg, source)
+  return cfg, convert.params_from_hf(
+      state, cfg, source, lazy_tensors.flat_shardings(shardings, cfg))
 
 
 def _read_json(path: pathlib.Path) -> dict:
@@ -146,26 +165,40 @@ def _index_files(index: pathlib.Path) -> list[pathlib.Path]:
   return files
 
 
-def _read_safetensors(files: list[pathlib.Path]) -> Flat:
-  state = {}
-  for f in files:
-    try:
-      state.update(st_numpy.load_file(f))
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"{f}: unreadable safetensors ({e})") from None
-  return state
+def _read_safetensors(files: list[pathlib.Path]
+                      ) -> dict[str, lazy_tensors.Tensor]:
+  return lazy_tensors.open_safetensors(files)
 
 
-def _read_torch_bin(files: list[pathlib.Path]) -> Flat:
+class _TorchTensor(lazy_tensors.Tensor):
+  """A (memory-mapped) torch tensor; slices are copied out one at a time."""
+
+  def __init__(self, tensor: Any):
+    self.tensor = tensor
+    self.shape = tuple(tensor.shape)
+
+  def read(self, index: lazy_tensors.Index) -> np.ndarray:
+    import torch  # pylint: disable=g-import-not-at-top
+    # A copy: the result must not alias the mapped file.
+    t = self.tensor.detach()[index].clone(
+        memory_format=torch.contiguous_format)
+    if t.dtype == torch.bfloat16:  # numpy has no bf16; keep the bits.
+      return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def _read_torch_bin(files: list[pathlib.Path]
+                    ) -> dict[str, lazy_tensors.Tensor]:
+  """Tensors of torch files, memory-mapped (legacy non-zip files: read)."""
   import torch  # pylint: disable=g-import-not-at-top
   state = {}
   for f in files:
-    for name, t in torch.load(f, map_location="cpu", weights_only=True).items():
-      t = t.detach().contiguous()
-      if t.dtype == torch.bfloat16:  # numpy has no bf16; keep the bits.
-        state[name] = t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-      else:
-        state[name] = t.numpy()
+    try:
+      tensors = torch.load(f, map_location="cpu", weights_only=True,
+                           mmap=True)
+    except RuntimeError:  # Pre-1.6 (non-zip) files cannot be mapped.
+      tensors = torch.load(f, map_location="cpu", weights_only=True)
+    state.update({name: _TorchTensor(t) for name, t in tensors.items()})
   return state
 
 
@@ -239,6 +272,7 @@ def hf_config_dict(cfg: T5Config) -> dict[str, Any]:
 
 
 def load_t5x_dir(path: str | os.PathLike, num_heads: int | None = None,
+                 shardings: lazy_tensors.Shardings | None = None,
                  **overrides) -> tuple[T5Config, dict]:
   """Loads a T5X checkpoint (model dir or checkpoint_<step> dir).
 
@@ -247,14 +281,17 @@ def load_t5x_dir(path: str | os.PathLike, num_heads: int | None = None,
   config.gin`, then the weights (num_heads from the relative-position table
   [N, buckets]); whatever is taken must agree with the weights. Fields no
   shape determines keep T5X defaults (activation gelu_new if gated else relu,
-  max distance 128, epsilon 1e-6).
+  max distance 128, epsilon 1e-6). With `shardings` (see `load_backbone`)
+  each TensorStore array is read shard by shard; Orbax-written checkpoints
+  are still restored whole first.
 
   Raises:
     FileNotFoundError: no checkpoint at `path`.
     CheckpointMismatchError: weights that do not match the config.
   """
   ckpt_dir = t5x_format.find_checkpoint_dir(path)
-  flat = t5x_format.read_t5x_checkpoint(ckpt_dir)
+  flat = (t5x_format.read_t5x_checkpoint(ckpt_dir) if shardings is None
+          else t5x_format.open_t5x_checkpoint(ckpt_dir))
   model_dir = t5x_format.model_dir_of(ckpt_dir)
   known = _fields_from_gin(t5x_format.read_gin_t5_config(model_dir),
                            model_dir / "config.gin")
@@ -262,7 +299,8 @@ def load_t5x_dir(path: str | os.PathLike, num_heads: int | None = None,
     known["num_heads"] = num_heads
   known.update(overrides)
   cfg = infer_t5x_config(flat, known, str(ckpt_dir))
-  return cfg, params_from_t5x(flat, cfg, str(ckpt_dir))
+  return cfg, params_from_t5x(flat, cfg, str(ckpt_dir),
+                              lazy_tensors.flat_shardings(shardings, cfg))
 
 
 def _fields_from_gin(gin: Mapping[str, Any], source: pathlib.Path
@@ -281,7 +319,7 @@ def _fields_from_gin(gin: Mapping[str, Any], source: pathlib.Path
   return fields
 
 
-def infer_t5x_config(flat: Mapping[str, np.ndarray], known: Mapping[str, Any],
+def infer_t5x_config(flat: Mapping[str, Any], known: Mapping[str, Any],
                      source: str) -> T5Config:
   """Completes `known` T5Config fields from T5X (2-D) weight shapes."""
   fields = dict(known)
@@ -335,24 +373,40 @@ def _t5x_shape(path: str, shape: tuple[int, ...]) -> tuple[int, ...]:
   return tuple(shape)
 
 
-def params_from_t5x(flat: Mapping[str, np.ndarray], cfg: T5Config,
-                    source: str = "T5X checkpoint") -> dict:
-  """T5X flat params (2-D attention kernels) -> our tree, strictly."""
+def _t5x_layout(path: str, shape: tuple[int, ...]) -> lazy_tensors.Layout:
+  """How T5X's 2-D storage of our param `path` with `shape` becomes ours."""
+  if _t5x_shape(path, shape) == tuple(shape):
+    return lazy_tensors.Layout()
+  if path.split("/")[-2] == "out":  # [N*D, H] -> [N, D, H]
+    return lazy_tensors.Layout(split=0, heads=shape[0], head_dim=shape[1])
+  return lazy_tensors.Layout(split=1, heads=shape[1], head_dim=shape[2])
+
+
+def params_from_t5x(flat: Mapping[str, Any], cfg: T5Config,
+                    source: str = "T5X checkpoint",
+                    shardings: Mapping[str, Any] | None = None) -> dict:
+  """T5X flat params (2-D attention kernels) -> our tree, strictly.
+
+  `flat` values are arrays or `lazy_tensors.Tensor`s; `shardings` as in
+  `convert.params_from_hf`.
+  """
   expected = convert.abstract_params(cfg)
-  out, missing, bad_shape = {}, [], []
+  leaves, missing, bad_shape = {}, [], []
   for path, want in expected.items():
     if path not in flat:
       missing.append(path)
       continue
-    arr = np.asarray(flat[path])
+    tensor = lazy_tensors.as_tensor(flat[path])
     stored = _t5x_shape(path, want.shape)
-    if arr.shape not in (stored, tuple(want.shape)):
-      bad_shape.append(f"{path}: {arr.shape}, model wants {stored}")
-      continue
-    out[path] = arr.reshape(want.shape)
+    if tensor.shape == tuple(want.shape):  # Already 3-D.
+      leaves[path] = (tensor, lazy_tensors.Layout())
+    elif tensor.shape == stored:
+      leaves[path] = (tensor, _t5x_layout(path, tuple(want.shape)))
+    else:
+      bad_shape.append(f"{path}: {tensor.shape}, model wants {stored}")
   unexpected = sorted(set(flat) - set(expected))
   convert.raise_if_mismatch(source, missing, unexpected, bad_shape)
-  return flax.traverse_util.unflatten_dict(out, sep="/")
+  return lazy_tensors.build(leaves, shardings)
 
 
 def t5x_from_params(params: Mapping, cfg: T5Config) -> Flat:

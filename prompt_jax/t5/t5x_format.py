@@ -16,6 +16,8 @@ A leaf stored in TensorStore is replaced by its zarr spec as a dict whose
 param `target/a/b`); small leaves are inline numpy arrays. Orbax-written T5X
 checkpoints (`_METADATA`, OCDBT) are read through orbax when it is installed.
 Kernels are kept as stored (T5X attention kernels are 2-D).
+`open_t5x_checkpoint` opens the same leaves without reading them
+(`lazy_tensors.Tensor`s that read one slice at a time).
 """
 
 import ast
@@ -30,6 +32,8 @@ from flax import serialization
 import jax
 import numpy as np
 import tensorstore as ts
+
+from prompt_jax import lazy_tensors
 
 _MSGPACK = "checkpoint"
 _ORBAX_MARKERS = ("_METADATA", "manifest.ocdbt")
@@ -103,6 +107,52 @@ def read_t5x_checkpoint(path: str | os.PathLike) -> Flat:
     FileNotFoundError: no checkpoint at `path`.
     ValueError: unreadable contents (one line naming the file).
   """
+  ckpt_dir, source, flat = _stored_leaves(path)
+  return _resolve_leaves(flat, ckpt_dir, source)
+
+
+def open_t5x_checkpoint(path: str | os.PathLike
+                        ) -> dict[str, lazy_tensors.Tensor]:
+  """`read_t5x_checkpoint` without reading: each leaf reads its own slices.
+
+  TensorStore leaves are opened (concurrently) and read one slice per
+  `read`; inline leaves (and Orbax-restored ones) are in memory already.
+
+  Raises:
+    FileNotFoundError: no checkpoint at `path`.
+    ValueError: unreadable contents (one line naming the file).
+  """
+  ckpt_dir, source, flat = _stored_leaves(path)
+  specs = {name: _absolute_spec(leaf, ckpt_dir, name, source)
+           for name, leaf in flat.items() if _is_reference(leaf)}
+  out = {name: lazy_tensors.ArrayTensor(leaf) for name, leaf in flat.items()
+         if name not in specs}
+  stores = {name: ts.open(spec, open=True, read=True)
+            for name, spec in specs.items()}
+  out.update({name: _TensorStoreTensor(_ts_result(f, name, source), name,
+                                       source) for name, f in stores.items()})
+  return out
+
+
+class _TensorStoreTensor(lazy_tensors.Tensor):
+  """One TensorStore array of a checkpoint; `read` reads only the slice."""
+
+  def __init__(self, store: Any, name: str, source: pathlib.Path):
+    self.store, self.name, self.source = store, name, source
+    self.shape = tuple(int(n) for n in store.shape)
+
+  def read(self, index: lazy_tensors.Index) -> np.ndarray:
+    future = self.store[index].read()
+    return np.asarray(_ts_result(future, self.name, self.source))
+
+  @property
+  def dtype(self) -> np.dtype:
+    return np.dtype(self.store.dtype.numpy_dtype)
+
+
+def _stored_leaves(path: str | os.PathLike
+                   ) -> tuple[pathlib.Path, pathlib.Path, dict[str, Any]]:
+  """(checkpoint dir, file for errors, {name: inline array or spec})."""
   ckpt_dir = find_checkpoint_dir(path)
   if any((ckpt_dir / m).exists() for m in _ORBAX_MARKERS):
     contents, source = _restore_orbax(ckpt_dir), ckpt_dir
@@ -110,8 +160,7 @@ def read_t5x_checkpoint(path: str | os.PathLike) -> Flat:
     source = ckpt_dir / _MSGPACK
     contents = _read_msgpack(source)
   target = _target_tree(contents, source)
-  flat = dict(_flatten(target))
-  return _resolve_leaves(flat, ckpt_dir, source)
+  return ckpt_dir, source, dict(_flatten(target))
 
 
 def _read_msgpack(path: pathlib.Path) -> dict:

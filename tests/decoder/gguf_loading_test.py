@@ -8,11 +8,11 @@ weights are checked against transformers in `smollm2_parity_test.py`).
 import importlib.util
 
 import gguf
+import ml_dtypes
 import numpy as np
 import pytest
 
 from prompt_jax.decoder import gguf_loading
-from prompt_jax.decoder import hf_loading
 
 T = gguf.GGMLQuantizationType
 
@@ -73,41 +73,88 @@ def write_tiny(path, state=None, qtype=T.F32, architecture="llama", **kw):
 
 
 # ------------------------------------------------------------ dequantization
+#
+# References are written from GGML's block layout, not with gguf.quants: a
+# block holds 32 values; Q4_0 = fp16 d, 16 bytes of nibbles, x = d * (q - 8);
+# Q4_1 = fp16 d, fp16 m, 16 bytes, x = d * q + m; Q8_0 = fp16 d, 32 int8,
+# x = d * q. Nibbles: value j < 16 is the low nibble of byte j, value j + 16
+# its high nibble.
+
+_BLOCK = {T.Q4_0: 18, T.Q4_1: 20, T.Q8_0: 34}  # Bytes per 32 values.
 
 
-def _f16_bytes(x: float) -> bytes:
-  return np.float16(x).tobytes()
+def _f16(x: float) -> np.ndarray:
+  return np.frombuffer(np.float16(x).tobytes(), np.uint8)
 
 
-def _nibbles(qs: np.ndarray) -> np.ndarray:
-  """Q4 packing: element j < 16 in the low nibble of byte j, j+16 high."""
-  return np.concatenate([qs & 0x0F, qs >> 4]).astype(np.float32)
+def hand_dequantize(raw: np.ndarray, qtype: int) -> np.ndarray:
+  """GGML blocks (uint8 [..., n_blocks * block bytes]) -> float32 [..., 32n]."""
+  blocks = np.asarray(raw, np.uint8).reshape(-1, _BLOCK[qtype])
+  d = blocks[:, :2].copy().view(np.float16).astype(np.float32)  # [n, 1]
+  if qtype == T.Q8_0:
+    values = d * blocks[:, 2:].copy().view(np.int8).astype(np.float32)
+  else:
+    start = 4 if qtype == T.Q4_1 else 2
+    qs = blocks[:, start:]
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32)
+    if qtype == T.Q4_1:
+      values = d * q + blocks[:, 2:4].copy().view(np.float16).astype(
+          np.float32)
+    else:
+      values = d * (q - 8)
+  return values.reshape(*raw.shape[:-1], -1)
 
 
-def test_q4_1_block_matches_hand_dequantizer():
-  rng = np.random.default_rng(0)
-  qs = rng.integers(0, 256, 16, dtype=np.uint8)
-  block = np.frombuffer(_f16_bytes(0.37) + _f16_bytes(-1.25) + qs.tobytes(),
-                        np.uint8)
-  want = np.float32(np.float16(0.37)) * _nibbles(qs) + np.float16(-1.25)
-  got = gguf.quants.dequantize(block[None], T.Q4_1)
-  assert got.shape == (1, 32)
-  np.testing.assert_allclose(got[0], want, rtol=1e-6, atol=0)
+def _one_tensor_file(path, raw: np.ndarray, qtype: int):
+  """A GGUF (gguf's own GGUFWriter) holding tensor 't' of raw blocks."""
+  writer = gguf.GGUFWriter(path, "llama")
+  writer.add_tensor("t", raw, raw_dtype=qtype)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  return gguf.GGUFReader(path).tensors[0]
 
 
-def test_q4_0_block_matches_hand_dequantizer():
-  qs = np.arange(16, dtype=np.uint8) * 17  # every nibble value, both halves
-  block = np.frombuffer(_f16_bytes(-0.5) + qs.tobytes(), np.uint8)
-  want = np.float32(-0.5) * (_nibbles(qs) - 8)
-  np.testing.assert_array_equal(gguf.quants.dequantize(block[None], T.Q4_0)[0],
-                                want)
+# One value of every nibble, both halves: byte j = j | (15 - j) << 4.
+_QS4 = (np.arange(16) | (15 - np.arange(16)) << 4).astype(np.uint8)
+_UP = np.arange(16, dtype=np.float32)  # Nibbles 0..15 (low halves)
 
 
-def test_q8_0_block_matches_hand_dequantizer():
-  qs = np.arange(-128, 128, 8, dtype=np.int8)
-  block = np.frombuffer(_f16_bytes(0.25) + qs.tobytes(), np.uint8)
-  np.testing.assert_array_equal(gguf.quants.dequantize(block[None], T.Q8_0)[0],
-                                0.25 * qs.astype(np.float32))
+@pytest.mark.parametrize("qtype, blocks, want", [
+    # Row 0: d = 0.5; row 1: d = -0.25. x = d * (q - 8).
+    (T.Q4_0, [np.concatenate([_f16(0.5), _QS4]),
+              np.concatenate([_f16(-0.25), _QS4])],
+     [np.r_[[-4.0, -3.5, -3.0], 0.5 * (_UP[3:] - 8), 0.5 * (7 - _UP)],
+      np.r_[[2.0, 1.75, 1.5], -0.25 * (_UP[3:] - 8),
+            [-1.75, -1.5, -1.25], -0.25 * (7 - _UP[3:])]]),
+    # d = 0.25, m = -1: x = 0.25 q - 1.
+    (T.Q4_1, [np.concatenate([_f16(0.25), _f16(-1.0), _QS4])] * 2,
+     [np.r_[[-1.0, -0.75, -0.5], 0.25 * _UP[3:] - 1, 2.75 - 0.25 * _UP]] * 2),
+    # d = 0.125, q = -64, -60, ..., 60: x = -8, -7.5, ..., 7.5.
+    (T.Q8_0, [np.concatenate([_f16(0.125), (np.arange(-16, 16) * 4).astype(
+        np.int8).view(np.uint8)])] * 2,
+     [np.r_[[-8.0, -7.5, -7.0], np.arange(-13, 16) * 0.5]] * 2),
+], ids=["Q4_0", "Q4_1", "Q8_0"])
+def test_block_dequantization_by_hand(tmp_path, qtype, blocks, want):
+  """Two rows of one block each, written raw: [2, 32] floats come back."""
+  raw = np.stack(blocks).astype(np.uint8)
+  tensor = _one_tensor_file(tmp_path / "t.gguf", raw, qtype)
+  assert tensor.shape.tolist() == [32, 2]  # GGUF: innermost first.
+  got = gguf_loading.dequantize(tensor)
+  want = np.asarray(want, np.float32)
+  assert got.dtype == np.float32 and got.shape == (2, 32)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(hand_dequantize(raw, qtype), want)
+
+
+def _llama_cpp_order(rows: int, n_heads: int) -> np.ndarray:
+  """HF row r of a q/k weight is stored at row order[r]: per head of D rows,
+  HF row i < D/2 at 2i, HF row D/2 + i at 2i + 1."""
+  d = rows // n_heads
+  i = np.arange(rows) % d
+  return np.arange(rows) - i + np.where(i < d // 2, 2 * i,
+                                        2 * (i - d // 2) + 1)
 
 
 @pytest.mark.parametrize("qtype", [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1,
@@ -115,20 +162,48 @@ def test_q8_0_block_matches_hand_dequantizer():
 def test_every_type_round_trips_through_a_file(tmp_path, qtype):
   """HF names, [out, in] layout and q/k rows come back; values dequantize."""
   state = random_state(tied=False)
-  _, got = gguf_loading.read_gguf(write_tiny(tmp_path / "m.gguf", state,
-                                             qtype))
+  path = write_tiny(tmp_path / "m.gguf", state, qtype)
+  _, got = gguf_loading.read_gguf(path)
   assert sorted(got) == sorted(state)
+  stored = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(path).tensors}
+  heads = {"q_proj": TINY["num_attention_heads"],
+           "k_proj": TINY["num_key_value_heads"]}
   for name, value in state.items():
-    want = gguf.quants.dequantize(gguf.quants.quantize(value, qtype), qtype)
+    want = value
+    if qtype == T.F16:
+      want = value.astype(np.float16).astype(np.float32)
+    elif qtype == T.BF16:
+      want = value.astype(ml_dtypes.bfloat16).astype(np.float32)
+    elif qtype in _BLOCK:  # By hand from the file's blocks, rows unpermuted.
+      raw = stored[_gguf_name(name)]
+      want = hand_dequantize(raw, qtype)
+      if name.split(".")[-2] in heads:
+        want = want[_llama_cpp_order(len(want), heads[name.split(".")[-2]])]
     assert got[name].dtype == np.float32 and got[name].shape == value.shape
     np.testing.assert_array_equal(got[name], want, err_msg=name)
-  if qtype == T.F32:
-    np.testing.assert_array_equal(got["lm_head.weight"],
-                                  state["lm_head.weight"])
-  else:  # Quantization error is real but bounded.
+  if qtype in _BLOCK:  # Quantization error is real but bounded.
     err = np.abs(got["model.layers.0.mlp.up_proj.weight"]
                  - state["model.layers.0.mlp.up_proj.weight"]).max()
     assert 0 < err < 0.5
+
+
+def _gguf_name(hf_name: str) -> str:
+  names = {"model.embed_tokens.weight": "token_embd.weight",
+           "model.norm.weight": "output_norm.weight",
+           "lm_head.weight": "output.weight"}
+  if hf_name in names:
+    return names[hf_name]
+  layer, rest = hf_name.split(".")[2], ".".join(hf_name.split(".")[3:])
+  return f"blk.{layer}." + {
+      "input_layernorm.weight": "attn_norm.weight",
+      "post_attention_layernorm.weight": "ffn_norm.weight",
+      "self_attn.q_proj.weight": "attn_q.weight",
+      "self_attn.k_proj.weight": "attn_k.weight",
+      "self_attn.v_proj.weight": "attn_v.weight",
+      "self_attn.o_proj.weight": "attn_output.weight",
+      "mlp.gate_proj.weight": "ffn_gate.weight",
+      "mlp.up_proj.weight": "ffn_up.weight",
+      "mlp.down_proj.weight": "ffn_down.weight"}[rest]
 
 
 def test_q_k_rows_follow_llama_cpp_interleaving():
@@ -149,7 +224,7 @@ def test_stored_tensors_use_llama_cpp_names_and_layout(tmp_path):
   assert q.shape.tolist() == [64, 64]  # innermost first: [in, out]
   k = np.asarray(tensors["blk.0.attn_k.weight"].data)
   want = state["model.layers.0.self_attn.k_proj.weight"]
-  np.testing.assert_array_equal(k, gguf_loading.permute_rows(want, 2))
+  np.testing.assert_array_equal(k[_llama_cpp_order(32, 2)], want)
   assert not np.array_equal(k, want)
 
 
@@ -165,13 +240,15 @@ def test_config_and_params_of_a_tiny_file(tmp_path):
   assert cfg.rope_theta == 10000.0 and cfg.rms_norm_eps == pytest.approx(1e-5)
   assert not cfg.tie_word_embeddings
   assert (cfg.bos_id, cfg.eos_id, cfg.pad_id) == (1, 2, 2)
-  _, want = hf_loading.from_hf_state(
-      TINY | {"tie_word_embeddings": False}, state, "state")
+  # Ours: query [H, N, D] = HF q_proj [N*D, H] transposed; out [N, D, H].
   np.testing.assert_array_equal(
       params["layers_1"]["self_attention"]["query"]["kernel"],
-      want["layers_1"]["self_attention"]["query"]["kernel"])
+      state["model.layers.1.self_attn.q_proj.weight"].T.reshape(64, 4, 16))
+  np.testing.assert_array_equal(
+      params["layers_0"]["self_attention"]["out"]["kernel"],
+      state["model.layers.0.self_attn.o_proj.weight"].T.reshape(4, 16, 64))
   np.testing.assert_array_equal(params["logits_dense"]["kernel"],
-                                want["logits_dense"]["kernel"])
+                                state["lm_head.weight"].T)
 
 
 def test_a_file_without_output_weight_is_tied(tmp_path):
@@ -218,6 +295,18 @@ def test_unknown_tensor_is_named(tmp_path):
   with pytest.raises(ValueError,
                      match="unsupported GGUF tensor 'rope_freqs.weight'"):
     gguf_loading.read_gguf(write_tiny(tmp_path / "m.gguf", state))
+
+
+def test_all_unknown_tensors_are_named_in_one_line(tmp_path):
+  state = random_state() | {"rope_freqs.weight": np.ones(8, np.float32),
+                            "blk.0.attn_q_norm.weight": np.ones(16, np.float32)}
+  path = write_tiny(tmp_path / "m.gguf", state)
+  with pytest.raises(ValueError) as e:
+    gguf_loading.load_gguf(path)
+  assert str(e.value) == (
+      f"{path}: unsupported GGUF tensors 'rope_freqs.weight', "
+      "'blk.0.attn_q_norm.weight' (known: llama.cpp Llama names, e.g. "
+      "'blk.0.attn_q.weight')")
 
 
 def test_missing_and_invalid_files(tmp_path):

@@ -6,7 +6,6 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from prompt_jax.decoder import convert
 from prompt_jax.decoder import hf_loading
 
 torch = pytest.importorskip("torch")
@@ -26,6 +25,31 @@ def _tiny_model(tied: bool, seed: int = 0):
 
 def _numpy_state(model) -> dict:
   return {k: v.float().numpy() for k, v in model.state_dict().items()}
+
+
+def _hand_params(state: dict, tied: bool, n: int = 4, k: int = 2,
+                 d: int = 8) -> dict:
+  """Our tree from an HF Llama state, written out by hand (the reference):
+  HF Linear weights are [out, in]; our kernels [in, out], heads split."""
+  h = state["model.embed_tokens.weight"].shape[1]
+  tree = {"token_embedder": {"embedding": state["model.embed_tokens.weight"]},
+          "decoder_norm": {"scale": state["model.norm.weight"]}}
+  if not tied:
+    tree["logits_dense"] = {"kernel": state["lm_head.weight"].T}
+  for i in range(2):
+    w = lambda name, i=i: state[f"model.layers.{i}.{name}.weight"]
+    tree[f"layers_{i}"] = {
+        "self_attention": {
+            "query": {"kernel": w("self_attn.q_proj").T.reshape(h, n, d)},
+            "key": {"kernel": w("self_attn.k_proj").T.reshape(h, k, d)},
+            "value": {"kernel": w("self_attn.v_proj").T.reshape(h, k, d)},
+            "out": {"kernel": w("self_attn.o_proj").T.reshape(n, d, h)}},
+        "mlp": {"wi_0": {"kernel": w("mlp.gate_proj").T},
+                "wi_1": {"kernel": w("mlp.up_proj").T},
+                "wo": {"kernel": w("mlp.down_proj").T}},
+        "pre_self_attention_layer_norm": {"scale": w("input_layernorm")},
+        "pre_mlp_layer_norm": {"scale": w("post_attention_layernorm")}}
+  return tree
 
 
 def _assert_trees_equal(a, b):
@@ -51,15 +75,15 @@ def test_directory_loads_like_the_state_dict(tmp_path, tied):
   assert cfg.tie_word_embeddings is tied
   assert (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) == (4, 2, 8)
   assert cfg.rope_theta == 5000.0
-  _assert_trees_equal(params, convert.params_from_hf(_numpy_state(model), cfg))
+  _assert_trees_equal(params, _hand_params(_numpy_state(model), tied))
 
 
 def test_sharded_directory(tmp_path):
   model = _tiny_model(tied=False, seed=1)
   model.save_pretrained(tmp_path, max_shard_size="20KB")
   assert (tmp_path / "model.safetensors.index.json").is_file()
-  cfg, params = hf_loading.load_hf_dir(tmp_path)
-  _assert_trees_equal(params, convert.params_from_hf(_numpy_state(model), cfg))
+  _, params = hf_loading.load_hf_dir(tmp_path)
+  _assert_trees_equal(params, _hand_params(_numpy_state(model), tied=False))
 
 
 def test_bfloat16_weights_become_param_dtype(tmp_path):
@@ -82,6 +106,20 @@ def test_missing_tensor_is_reported(tmp_path):
   hf = json.loads((tmp_path / "config.json").read_text())
   with pytest.raises(hf_loading.CheckpointMismatchError,
                      match=r"1 missing: model\.layers\.1\.mlp\.up_proj"):
+    hf_loading.from_hf_state(hf, state, "state")
+
+
+def test_tied_head_that_differs_from_the_embedding_is_named(tmp_path):
+  model = _tiny_model(tied=True)
+  model.save_pretrained(tmp_path)
+  state = _numpy_state(model)
+  hf = json.loads((tmp_path / "config.json").read_text())
+  state["lm_head.weight"] = state["lm_head.weight"].copy()
+  hf_loading.from_hf_state(hf, state, "state")  # An equal copy is fine.
+  state["lm_head.weight"][3, 5] += 1.0
+  with pytest.raises(hf_loading.CheckpointMismatchError,
+                     match=r"^state does not match the model: 1 tied but not "
+                     r"equal to model\.embed_tokens\.weight: lm_head\.weight$"):
     hf_loading.from_hf_state(hf, state, "state")
 
 

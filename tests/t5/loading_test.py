@@ -12,6 +12,7 @@ import flax.traverse_util
 from flax import serialization
 import numpy as np
 import pytest
+from safetensors import numpy as st_numpy
 
 from prompt_jax import testing
 from prompt_jax.t5 import convert
@@ -182,6 +183,67 @@ def test_hf_config_not_matching_weights(tmp_path):
   assert "model.safetensors does not match the model" in message
   assert f"({cfg.emb_dim}, 50)" in message  # Wanted wi_0 shape...
   assert "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in message
+
+
+def _with_tensors(path, **changes):
+  """Rewrites `path`/model.safetensors with tensors added or replaced."""
+  state = st_numpy.load_file(path / "model.safetensors")
+  st_numpy.save_file(state | {k.replace("__", "."): v(state) for k, v in
+                              changes.items()}, path / "model.safetensors")
+  return state
+
+
+def _bumped(state):
+  """shared.weight with one element changed."""
+  value = state["shared.weight"].copy()
+  value[3, 5] += 1
+  return value
+
+
+def test_tied_copies_equal_to_shared_are_accepted(tmp_path):
+  model, cfg, params = _hf("t5_1_0")  # tie_word_embeddings: lm_head tied.
+  model.save_pretrained(tmp_path)
+  _with_tensors(tmp_path, lm_head__weight=lambda s: s["shared.weight"].copy(),
+                encoder__embed_tokens__weight=lambda s: s["shared.weight"])
+  got_cfg, got = loading.load_hf_dir(tmp_path)
+  assert got_cfg == cfg
+  _assert_params_equal(got, params)
+
+
+@pytest.mark.parametrize("name", ["lm_head.weight",
+                                  "encoder.embed_tokens.weight",
+                                  "decoder.embed_tokens.weight"])
+def test_tied_copy_that_differs_from_shared_is_named(name, tmp_path):
+  model, _, _ = _hf("t5_1_0")
+  model.save_pretrained(tmp_path)
+  _with_tensors(tmp_path, **{name.replace(".", "__"): _bumped})
+  with pytest.raises(loading.CheckpointMismatchError) as e:
+    loading.load_hf_dir(tmp_path)
+  assert _one_line(e) == (
+      f"{tmp_path / 'model.safetensors'} does not match the model: 1 tied "
+      f"but not equal to shared.weight: {name}")
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_untied_head_is_its_own_weight(tie, tmp_path):
+  """T5 1.1: lm_head differs from shared. tie_word_embeddings=false (as on
+  the Hub), or true with scale_decoder_outputs=false (transformers 5 writes
+  that and, reloading, keeps the stored head when the two differ)."""
+  model, cfg, params = _hf("t5_1_1")
+  model.save_pretrained(tmp_path)
+  hf = json.loads((tmp_path / "config.json").read_text())
+  assert hf["scale_decoder_outputs"] is False
+  if not tie:
+    del hf["scale_decoder_outputs"]
+  (tmp_path / "config.json").write_text(json.dumps(
+      hf | {"tie_word_embeddings": tie}))
+  state = _with_tensors(tmp_path)
+  assert not np.array_equal(state["lm_head.weight"], state["shared.weight"])
+  got_cfg, got = loading.load_hf_dir(tmp_path)
+  assert got_cfg == cfg
+  np.testing.assert_array_equal(got["decoder"]["logits_dense"]["kernel"],
+                                state["lm_head.weight"].T)
+  _assert_params_equal(got, params)
 
 
 def test_save_refuses_existing_dir(tmp_path):
