@@ -204,6 +204,13 @@ class MixtureBatches:
     return max(t.size for examples in self._examples for _, t in examples)
 
   @property
+  def settings(self) -> dict:
+    """What defines the stream (checked when a run resumes)."""
+    return {"tasks": self.num_examples, "rates": self.rates,
+            "batch_size": self.batch_size, "max_length": self.max_length,
+            "seed": self.seed, "trim_to_multiple": self.trim_to_multiple}
+
+  @property
   def position(self) -> int:
     """The number of batches consumed since the start of the stream."""
     return self._position

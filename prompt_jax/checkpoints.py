@@ -12,6 +12,8 @@ one last save before exiting (`PreemptionWatcher`).
 """
 
 import dataclasses
+import json
+import logging
 import os
 import pathlib
 import signal
@@ -22,7 +24,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from prompt_jax import jsonl_io
 from prompt_jax.types import PyTree
+
+_LOG = logging.getLogger(__name__)
+SETTINGS_FILE = "train_settings.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +57,8 @@ class TrainCheckpointer:
     self.model_dir = pathlib.Path(model_dir)
     self.cfg = cfg
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=cfg.keep, create=True, enable_async_checkpointing=False)
+        max_to_keep=cfg.keep, create=False,  # Made by the first save.
+        enable_async_checkpointing=False)
     self._manager = ocp.CheckpointManager(
         (self.model_dir / "checkpoints").absolute(), options=options)
 
@@ -92,6 +99,62 @@ class TrainCheckpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for key, value in tree.items():
+    out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+  return out
+
+
+def settings_differences(saved: dict[str, Any], current: dict[str, Any]
+                         ) -> list[str]:
+  """`['batch_size 32 -> 8', ...]` for every leaf that differs."""
+  old, new = _flatten(saved), _flatten(current)
+  return [f"{key} {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}"
+          for key in sorted(old.keys() | new.keys())
+          if old.get(key) != new.get(key)]
+
+
+def check_resume_settings(model_dir: str | os.PathLike,
+                          settings: dict[str, Any], resuming: bool,
+                          allow_changes: bool = False) -> None:
+  """Records the settings that define a run's data stream and trainable
+  tree in `model_dir/train_settings.json`; on resume, refuses other ones.
+
+  A resumed run replays `position` batches of its stream; with another
+  batch size, task, seed or feature lengths that is a different stream,
+  so the run would silently mix two. `settings` must be JSON-serialisable
+  (lists, not tuples, so a round trip compares equal).
+
+  Raises:
+    ValueError: one line listing the differences, unless `allow_changes`
+      (then they are logged as a WARNING and the new settings recorded).
+  """
+  path = pathlib.Path(model_dir) / SETTINGS_FILE
+  current = json.loads(json.dumps(settings))
+  if resuming and path.exists():
+    try:
+      saved = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+      raise ValueError(f"{path}: not valid JSON ({e})") from None
+    diffs = settings_differences(saved, current)
+    if diffs and not allow_changes:
+      raise ValueError(
+          f"{model_dir} was trained with other settings; resuming would "
+          f"replay a different data stream: {'; '.join(diffs)} (use a new "
+          "MODEL_DIR, or ALLOW_CHANGED_SETTINGS = True to resume anyway)")
+    if diffs:
+      _LOG.warning("resuming %s with changed settings: %s", model_dir,
+                   "; ".join(diffs))
+  elif resuming:
+    _LOG.warning("%s has checkpoints but no %s: resuming without checking "
+                 "the settings", model_dir, SETTINGS_FILE)
+  jsonl_io.write_text_atomic(path, json.dumps(current, indent=1,
+                                              sort_keys=True) + "\n")
 
 
 def export_prompt(path: str | os.PathLike, prompt: np.ndarray) -> pathlib.Path:

@@ -5,11 +5,16 @@ Library modules carry no gin decorators; configs bind them through
 imported here before parsing, so late imports cannot break a parse.
 """
 
+import difflib
 import logging
 import pathlib
+import re
 from typing import Sequence
 
 import gin
+from gin import config as gin_config
+
+from prompt_jax import jsonl_io
 
 
 class _QuietSearchPathMisses(logging.Filter):
@@ -53,6 +58,51 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
   except (ValueError, KeyError, IOError, SyntaxError) as e:
     message = " ".join(str(e).split())
     raise ValueError(f"gin config error: {message}") from None
+  check_macros()
+
+
+_MACRO = "gin.macro"
+_MACRO_NAME = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)(?![.\w])|"
+                         r"^([A-Z_][A-Z0-9_]*)\s*=", re.MULTILINE)
+
+
+def project_macros() -> set[str]:
+  """Every macro name that a gin file under `gin_configs/` binds or uses."""
+  names = set()
+  for path in GIN_CONFIGS_DIR.rglob("*.gin"):
+    for used, bound in _MACRO_NAME.findall(path.read_text(encoding="utf-8")):
+      names.add(used or bound)
+  return names
+
+
+def _bound_and_used_macros() -> tuple[set[str], set[str]]:
+  """(macros bound in the parsed config, macros some binding refers to)."""
+  config = gin_config._CONFIG  # pylint: disable=protected-access
+  bound = {scope for scope, selector in config if selector == _MACRO}
+  used = {"/".join(ref.scopes)
+          for ref in gin_config.iterate_references(config)
+          if ref.selector == _MACRO}
+  return bound, used
+
+
+def check_macros() -> None:
+  """Refuses a bound macro that nothing reads and no project file knows.
+
+  A misspelled `--gin.BATCH_SIZ=8` would otherwise be accepted silently
+  (the run keeps BATCH_SIZE's default). A macro that this config does not
+  read but another project config does (e.g. OPTIONS, read in classify
+  mode) is accepted.
+
+  Raises:
+    ValueError: `unknown gin macro BATCH_SIZ (did you mean BATCH_SIZE?)`.
+  """
+  bound, used = _bound_and_used_macros()
+  known = used | project_macros()
+  for name in sorted(bound - known):
+    close = difflib.get_close_matches(name, sorted(known | bound - {name}),
+                                      n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ValueError(f"unknown gin macro {name}{hint}: no config reads it")
 
 
 def resolve_path(gin_file: str) -> str:
@@ -69,15 +119,14 @@ def resolve_path(gin_file: str) -> str:
 
 def write_config(model_dir: str | pathlib.Path, name: str = "config.gin"
                  ) -> pathlib.Path:
-  """Writes the full parsed config to `model_dir/name`."""
-  path = pathlib.Path(model_dir) / name
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(gin.config_str(), encoding="utf-8")
-  return path
+  """Writes the full parsed config to `model_dir/name` (atomically)."""
+  return jsonl_io.write_text_atomic(pathlib.Path(model_dir) / name,
+                                    gin.config_str())
 
 
-def write_operative_config(model_dir: str | pathlib.Path) -> pathlib.Path:
-  """Writes the values actually used to `model_dir/operative_config.gin`."""
-  path = pathlib.Path(model_dir) / "operative_config.gin"
-  path.write_text(gin.operative_config_str(), encoding="utf-8")
-  return path
+def write_operative_config(model_dir: str | pathlib.Path,
+                           name: str = "operative_config.gin"
+                           ) -> pathlib.Path:
+  """Writes the values actually used to `model_dir/name` (atomically)."""
+  return jsonl_io.write_text_atomic(pathlib.Path(model_dir) / name,
+                                    gin.operative_config_str())

@@ -1,20 +1,28 @@
 """Command line: `python -m prompt_jax.main --gin_file=... --gin.KEY=VALUE`.
 
-The only module with flags. It parses gin, writes the config to the model
-directory, and calls the chosen entry point
+The only module with flags. It parses gin, calls the chosen entry point
 (`--mode=train|eval|infer|unseen|classify`) through `gin.get_configurable`,
-so the library stays gin-free. Expected errors (bad config, unknown task,
-wrong file) print one line and exit 2.
+so the library stays gin-free, and records the config in the model
+directory: training writes `config.gin` and `operative_config.gin` once its
+setup succeeded (before the first step); any other mode writes
+`config_<mode>.gin` and `operative_config_<mode>.gin` after it succeeded, so
+it never overwrites the training config and a failing call writes nothing.
+
+Exit status: 0 done; 2 an expected error (bad config, unknown task, wrong
+file), printed as one line; 143 (128 + SIGTERM) training was preempted
+after saving a checkpoint of its last step (rerun the command to resume).
 """
 
 import argparse
-import logging
 import sys
 from typing import Sequence
 
 import gin
 
+from prompt_jax import console
 from prompt_jax import gin_utils
+
+PREEMPTED_EXIT = 143  # 128 + SIGTERM, as a shell reports a terminated job.
 
 
 def _parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -23,6 +31,9 @@ def _parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                       help="gin file (repeatable); searched in gin_configs/")
   parser.add_argument("--mode", default="train",
                       choices=("train", "eval", "infer", "unseen", "classify"))
+  parser.add_argument("--verbose", action="store_true",
+                      help="also print third-party INFO logs and the native "
+                      "GPU-probe lines")
   args, rest = parser.parse_known_args(argv)
   bindings = []
   for arg in rest:
@@ -40,34 +51,51 @@ def _entry(mode: str):
           "classify": classify.classify}[mode]
 
 
+def _write_configs(model_dir: str, suffix: str = "") -> None:
+  gin_utils.write_config(model_dir, f"config{suffix}.gin")
+  gin_utils.write_operative_config(model_dir, f"operative_config{suffix}.gin")
+
+
 def run(argv: Sequence[str]) -> dict:
   """Parses flags and gin, then runs the entry point; returns its result."""
   args, bindings = _parse_args(argv)
   gin_utils.parse(args.gin_file, bindings)
   entry = gin.get_configurable(_entry(args.mode))
   model_dir = gin.query_parameter("%MODEL_DIR")
-  gin_utils.write_config(model_dir)
-  try:
-    return entry()
-  finally:
-    gin_utils.write_operative_config(model_dir)
+  if args.mode != "train":
+    result = entry()
+    _write_configs(model_dir, f"_{args.mode}")
+    return result
+  result = entry(on_start=lambda: _write_configs(model_dir))
+  gin_utils.write_operative_config(model_dir)
+  return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  logging.basicConfig(level=logging.WARNING,
-                      format="%(levelname)s %(name)s: %(message)s")
-  logging.getLogger("prompt_jax").setLevel(logging.INFO)
-  for noisy in ("absl", "orbax", "jax"):  # Orbax logs every save at INFO.
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+def main(argv: Sequence[str] | None = None,
+         filter_native_logs: bool = False) -> int:
+  """Runs `run` and turns expected errors into one line; the exit status.
+
+  `filter_native_logs` (the command line) drops the native GPU-probe lines
+  from stderr unless `--verbose` is given (`console.setup`).
+  """
+  argv = sys.argv[1:] if argv is None else list(argv)
+  verbose = "--verbose" in argv
+  console.setup(verbose=verbose,
+                native_filter=filter_native_logs and not verbose)
   try:
-    run(sys.argv[1:] if argv is None else argv)
+    result = run(argv)
   except (ValueError, KeyError, FileNotFoundError, FloatingPointError) as e:
     # Gin appends "In call to configurable ..." lines; keep the message.
     message = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
     print(f"error: {message}", file=sys.stderr)
     return 2
+  if isinstance(result, dict) and result.get("preempted"):
+    print(f"preempted at step {result['step']}: saved a checkpoint of step "
+          f"{result['step']}; rerun the same command to resume",
+          file=sys.stderr)
+    return PREEMPTED_EXIT
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(main(filter_native_logs=True))

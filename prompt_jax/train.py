@@ -22,6 +22,7 @@ imported only when a dataset config asks for them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -50,14 +51,31 @@ def _fetch(metrics: dict) -> dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def _check_finite(step: int, metrics: dict[str, float], prompt) -> None:
-  prompt_ok = prompt is None or np.isfinite(
-      np.asarray(jax.device_get(prompt))).all()
-  if not math.isfinite(metrics["loss"]) or not prompt_ok:
-    raise NonFiniteLossError(
-        f"non-finite loss ({metrics['loss']}) or prompt at step {step}; "
-        "stopping without saving this state (the last good checkpoint is "
-        "kept)")
+class _FiniteLossCheck:
+  """Keeps each step's loss on device (no per-step sync) and, when asked,
+  names the first step whose loss was NaN/inf."""
+
+  def __init__(self):
+    self._losses = []
+
+  def add(self, step: int, loss: jax.Array) -> None:
+    self._losses.append((step, loss))
+
+  def check(self, step: int, prompt) -> None:
+    """Raises for the first non-finite loss since the last check, or for a
+    non-finite `prompt` (None: no prompt) at `step`."""
+    steps = [s for s, _ in self._losses]
+    losses = jax.device_get([loss for _, loss in self._losses])
+    self._losses = []
+    bad = [s for s, loss in zip(steps, losses) if not np.isfinite(loss)]
+    prompt_ok = prompt is None or np.isfinite(
+        np.asarray(jax.device_get(prompt))).all()
+    if bad or not prompt_ok:
+      what = (f"non-finite loss at step {bad[0]}" if bad else
+              f"non-finite prompt at step {step}")
+      raise NonFiniteLossError(
+          f"{what}; stopping without saving this state (the last good "
+          "checkpoint is kept)")
 
 
 def _restore_or_init(ckpt, trainer, seed: int):
@@ -105,6 +123,27 @@ def _open_batches(train_dataset_cfg: data_lib.DatasetConfig | None,
   return batches, getattr(batches, "batch_size", 0)
 
 
+def _check_divisible(batch_size: int, mesh) -> None:
+  data = mesh.shape["data"]
+  if batch_size and batch_size % data:
+    raise ValueError(f"batch size {batch_size} is not divisible by the "
+                     f"mesh's data axis ({data} devices); use a multiple of "
+                     f"{data} or set MESH_DATA")
+
+
+def _run_settings(train_dataset_cfg, batches, backbone, prompt,
+                  trainable_part: str, seed: int) -> dict[str, Any]:
+  """What defines the data stream and the trainable tree of a run."""
+  data = (dataclasses.asdict(train_dataset_cfg) if train_dataset_cfg
+          else getattr(batches, "settings", {"source": "train_batches_fn"}))
+  trainable = {"part": trainable_part, "backbone_preset": backbone.preset,
+               "backbone_kind": backbone.kind}
+  if trainable_part == "prompt":
+    trainable.update(prompt_length=prompt.length,
+                     prompt_position=prompt.position)
+  return {"data": data, "seed": seed, "trainable": trainable}
+
+
 def train(*, model_dir: str, backbone: run_setup.BackboneConfig,
           prompt: run_setup.PromptConfig,
           optimizer: optax.GradientTransformation, total_steps: int,
@@ -117,7 +156,9 @@ def train(*, model_dir: str, backbone: run_setup.BackboneConfig,
           mesh_cfg: run_setup.MeshConfig = run_setup.MeshConfig(),
           num_microbatches: int = 1, log_every_steps: int = 10,
           eval_every_steps: int | None = None, seed: int = 0,
-          trainable_part: str = "prompt") -> dict[str, Any]:
+          trainable_part: str = "prompt",
+          allow_changed_settings: bool = False,
+          on_start: Callable[[], None] | None = None) -> dict[str, Any]:
   """Trains a soft prompt on a frozen backbone (or, with
   `trainable_part='full'`, every backbone weight and no prompt).
 
@@ -128,18 +169,28 @@ def train(*, model_dir: str, backbone: run_setup.BackboneConfig,
     train_batches_fn: instead, `start position -> iterator of numpy
       batches` with a `.position` property (batches consumed, saved with
       each checkpoint) and, for the ex/s log, a `.batch_size`; e.g.
-      `lambda p: array_batches.MixtureBatches(..., start_position=p)`.
+      `lambda p: array_batches.MixtureBatches(..., start_position=p)`. A
+      `.settings` dict, if present, is checked on resume.
     target_length: with `train_batches_fn`, the most target tokens of a row
       (the decoder loss projects only those slots); None: all slots.
+    allow_changed_settings: resume even if the data stream or trainable
+      tree settings differ from the recorded ones
+      (`checkpoints.check_resume_settings`).
+    on_start: called once the run is set up (backbone loaded, state
+      restored, settings checked), before the first step.
 
   Raises:
     ValueError: unless exactly one of `train_dataset_cfg` and
-      `train_batches_fn` is given.
+      `train_batches_fn` is given; on resume with other settings.
+    NonFiniteLossError: the first step with a NaN/inf loss (checked at
+      every log step and before every save, so no such state is saved).
 
   Returns:
     `{'step': final step, 'train': last train metrics, 'eval': last eval
     metrics or None, 'preempted': bool, 'trainable': the final trainable
-    tree (on device)}`.
+    tree (on device)}`. A SIGTERM at any point of the loop (a step, an
+    evaluation, a save) ends it with a checkpoint of the last finished
+    step and `preempted` True.
   """
   _check_batch_source(train_dataset_cfg, train_batches_fn, target_length)
   if train_dataset_cfg is not None:
@@ -152,30 +203,61 @@ def train(*, model_dir: str, backbone: run_setup.BackboneConfig,
       run.model, optimizer, run.mesh, run.rules,
       jax.tree.map(lambda x: x.sharding, run.frozen), num_microbatches)
   ckpt = checkpoints.TrainCheckpointer(model_dir, checkpoint_cfg)
-  state, position = _restore_or_init(ckpt, trainer, seed)
-  step = int(state.step)
-  batches, batch_size = _open_batches(train_dataset_cfg, train_batches_fn,
-                                      position)
+  try:
+    state, position = _restore_or_init(ckpt, trainer, seed)
+    batches, batch_size = _open_batches(train_dataset_cfg, train_batches_fn,
+                                        position)
+    _check_divisible(batch_size, run.mesh)
+    checkpoints.check_resume_settings(
+        model_dir, _run_settings(train_dataset_cfg, batches, backbone,
+                                 prompt, trainable_part, seed),
+        resuming=ckpt.latest_step() is not None,
+        allow_changes=allow_changed_settings)
+  except BaseException:
+    ckpt.close()
+    raise
+  if on_start is not None:
+    on_start()
+  return _loop(run, trainer, ckpt, state, batches, batch_size,
+               model_dir=model_dir, total_steps=total_steps,
+               eval_dataset_cfg=eval_dataset_cfg,
+               log_every_steps=log_every_steps,
+               eval_every_steps=eval_every_steps, seed=seed)
+
+
+def _loop(run, trainer, ckpt, state, batches, batch_size, *, model_dir,
+          total_steps, eval_dataset_cfg, log_every_steps, eval_every_steps,
+          seed) -> dict[str, Any]:
+  """The training loop of `train` (see there)."""
+  step = saved_step = int(state.step)
   writer = metric_writers.MetricWriter(model_dir)
   progress = metric_writers.Progress(total_steps, batch_size, step)
   watcher = checkpoints.PreemptionWatcher()
+  finite = _FiniteLossCheck()
   base_rng = jax.random.key(seed)
   result = {"train": None, "eval": None, "preempted": False}
+
+  def save():
+    nonlocal saved_step
+    finite.check(step, run.model.prompt_of(state.trainable))
+    ckpt.save(step, state, {"batches": batches.position},
+              prompt=run.model.prompt_of(state.trainable))
+    saved_step = step
+
   try:
     while step < total_steps and not watcher.stop_requested:
       state, metrics = trainer.train_step(
           state, run.frozen, trainer.put_batch(next(batches)), base_rng)
       step += 1
+      finite.add(step, metrics["loss"])
       must_save = ckpt.should_save(step) or step == total_steps
-      if step % log_every_steps == 0 or must_save or watcher.stop_requested:
+      if step % log_every_steps == 0 or must_save:
+        finite.check(step, run.model.prompt_of(state.trainable))
         result["train"] = _fetch(metrics)
-        _check_finite(step, result["train"], run.model.prompt_of(
-            state.trainable))
         writer.write(step, "train", result["train"])
         print(progress.line(step, result["train"]), flush=True)
-      if must_save or watcher.stop_requested:
-        ckpt.save(step, state, {"batches": batches.position},
-                  prompt=run.model.prompt_of(state.trainable))
+      if must_save:
+        save()
       if eval_dataset_cfg and eval_every_steps and (
           step % eval_every_steps == 0 or step == total_steps):
         from prompt_jax import evaluation  # pylint: disable=g-import-not-at-top
@@ -183,7 +265,10 @@ def train(*, model_dir: str, backbone: run_setup.BackboneConfig,
             trainer, state.trainable, run.frozen, eval_dataset_cfg)
         writer.write(step, "eval", result["eval"])
         print(f"eval step {step}: {result['eval']}", flush=True)
-    result["preempted"] = watcher.stop_requested
+    # A SIGTERM during a step, an evaluation or a save lands here.
+    result["preempted"] = watcher.stop_requested and step < total_steps
+    if result["preempted"] and saved_step != step:
+      save()
   finally:
     watcher.restore_handlers()
     writer.close()

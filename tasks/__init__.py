@@ -18,7 +18,8 @@ if sys.argv[:1] == ["-m"]:
   from prompt_jax import console  # pylint: disable=g-import-not-at-top
   console.setup(native_filter="--verbose" not in sys.argv)
 
-from tasks import sentence_classification  # pylint: disable=g-import-not-at-top,g-bad-import-order
+# pylint: disable=g-import-not-at-top,g-bad-import-order
+from tasks import sentence_classification
 from tasks import metaicl
 from tasks import formats  # UnifiedQA generation + EFL entailment formats.
 from tasks import pet  # PET pattern-verbalizer pairs (rank classification).

@@ -137,7 +137,8 @@ def test_bad_arguments_fail_in_one_line(tmp_path):
     _classify(tmp_path, prompt_file="latest")
   with pytest.raises(ValueError, match="T5 backbones are not supported yet"):
     classify.classify(model_dir=str(tmp_path),
-                      backbone=run_setup.BackboneConfig(preset="t5_1_1_tiny"),
+                      backbone=run_setup.BackboneConfig(
+                          preset="t5_1_1_tiny", random_weights=True),
                       prompt=PROMPT, task=TASK, options=OPTIONS)
   with pytest.raises(ValueError, match="options=' positive'; give a list"):
     classify.classify(model_dir=str(tmp_path), backbone=BACKBONE,

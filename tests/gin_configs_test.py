@@ -66,6 +66,7 @@ def test_run_and_prompt_files_parse_and_build(run, prompt):
 PRESET_OF = {"decoder_tiny.gin": "tiny"}
 PATH_OF = {"smollm2_135m.gin": "smollm2"}
 DECODERS = ("decoder_tiny.gin", "smollm2_135m.gin")
+RANDOM_MODELS = ("decoder_tiny.gin", "t5_1_1_tiny.gin")
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -73,6 +74,8 @@ def test_model_files_name_their_preset(model):
   _parse("prompt_train.gin", model, "random.gin")
   backbone = gin.get_configurable(run_setup.BackboneConfig)()
   assert backbone.path == PATH_OF.get(model)
+  # Only the tiny test backbones ask for random weights themselves.
+  assert backbone.random_weights == (model in RANDOM_MODELS)
   assert backbone.preset == PRESET_OF.get(model, pathlib.Path(model).stem)
   assert run_setup.backbone_kind(backbone) == (
       "decoder" if model in DECODERS else "t5")
@@ -129,3 +132,43 @@ def test_metaicl_method_reads_the_meta_train_split():
   assert cfg.mixture_or_task_name == (
       "metaicl_hr_to_lr_16shot_direct_train_v100")
   assert dict(cfg.task_feature_lengths) == {"inputs": 1024, "targets": 256}
+
+
+def test_misspelled_macro_names_the_closest_known_one():
+  with pytest.raises(ValueError) as e:
+    gin_utils.parse(["runs/prompt_train.gin", "models/t5_1_1_tiny.gin",
+                     "prompts/random.gin"],
+                    REQUIRED["prompt_train.gin"] + ["BATCH_SIZ=8"])
+  assert str(e.value) == ("unknown gin macro BATCH_SIZ (did you mean "
+                          "BATCH_SIZE?): no config reads it")
+  with pytest.raises(ValueError, match=r"BACKBONE_DR \(did you mean "
+                     r"BACKBONE_DIR\?\)"):
+    gin_utils.parse(["runs/prompt_train.gin", "models/t5_1_1_base.gin",
+                     "prompts/random.gin"],
+                    REQUIRED["prompt_train.gin"] + ["BACKBONE_DR='/ckpt'"])
+
+
+def test_macro_read_only_in_another_mode_is_accepted():
+  # OPTIONS is read by runs/classify.gin, not by the train config.
+  gin_utils.parse(["runs/prompt_train.gin", "models/t5_1_1_tiny.gin",
+                   "prompts/random.gin"],
+                  REQUIRED["prompt_train.gin"] + ["OPTIONS=[' a']"])
+  assert gin.query_parameter("%OPTIONS") == [" a"]
+
+
+def test_unknown_configurable_and_parameter_are_refused():
+  for binding, name in (("foo.bar=3", "foo"),
+                        ("run_setup.BackboneConfig.pth=3", "pth")):
+    with pytest.raises(ValueError, match=f"gin config error: .*'{name}'"):
+      gin_utils.parse(["runs/prompt_train.gin", "models/t5_1_1_tiny.gin",
+                       "prompts/random.gin"],
+                      REQUIRED["prompt_train.gin"] + [binding])
+
+
+def test_full_size_model_without_checkpoint_stops():
+  _parse("prompt_train.gin", "t5_1_1_base.gin", "random.gin")
+  backbone = gin.get_configurable(run_setup.BackboneConfig)()
+  with pytest.raises(ValueError, match=r"no backbone checkpoint for "
+                     r"t5_1_1_base: set BACKBONE_DIR .* RANDOM_BACKBONE"):
+    run_setup.build_run(backbone=backbone,
+                        prompt=run_setup.PromptConfig(length=2))

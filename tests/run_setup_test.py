@@ -2,6 +2,7 @@
 
 import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -11,6 +12,7 @@ from prompt_jax import data as data_lib
 from prompt_jax import run_setup
 from prompt_jax import testing
 from prompt_jax import train as train_lib
+from prompt_jax import trainer as trainer_lib
 from prompt_jax.prompts import specs
 from prompt_jax.t5 import loading
 from prompt_jax.t5 import network
@@ -69,7 +71,8 @@ def test_nan_stops_with_step_and_saves_nothing_corrupt(tmp_path):
     train_lib.train(
         model_dir=str(tmp_path / "run"),
         backbone=run_setup.BackboneConfig(
-            preset="t5_1_1_tiny", overrides={"vocab_size": 32128}),
+            preset="t5_1_1_tiny", random_weights=True,
+            overrides={"vocab_size": 32128}),
         prompt=run_setup.PromptConfig(length=4, init=specs.random_uniform()),
         train_dataset_cfg=cfg, optimizer=optax.scale(float("nan")),
         total_steps=5,
@@ -79,3 +82,36 @@ def test_nan_stops_with_step_and_saves_nothing_corrupt(tmp_path):
                                        checkpoints.CheckpointConfig())
   assert ckpt.latest_step() is None
   assert not (tmp_path / "run" / "prompts").exists()
+
+
+def test_nan_loss_with_a_finite_prompt_names_its_step(tmp_path, monkeypatch):
+  """The loss turns NaN at step 3 while gradients and the prompt stay
+  finite; the run stops naming step 3 (not the step that noticed it) and
+  keeps the checkpoint of step 2."""
+  import tasks  # pylint: disable=g-import-not-at-top,unused-import
+  original = trainer_lib.train_step
+
+  def nan_from_step_3(state, *args, **kwargs):
+    new_state, metrics = original(state, *args, **kwargs)
+    nan = jnp.where(state.step >= 2, jnp.nan, 0.0)  # state.step 2 = step 3.
+    return new_state, dict(metrics, loss=metrics["loss"] + nan)
+
+  monkeypatch.setattr(trainer_lib, "train_step", nan_from_step_3)
+  cfg = data_lib.DatasetConfig("sst2_v100", {"inputs": 16, "targets": 4},
+                               "train", batch_size=8)
+  with pytest.raises(train_lib.NonFiniteLossError,
+                     match="^non-finite loss at step 3;"):
+    train_lib.train(
+        model_dir=str(tmp_path), backbone=run_setup.BackboneConfig(
+            random_weights=True, preset="t5_1_1_tiny",
+            overrides={"vocab_size": 32128}),
+        prompt=run_setup.PromptConfig(length=4, init=specs.random_uniform()),
+        train_dataset_cfg=cfg, optimizer=optax.sgd(0.1), total_steps=10,
+        checkpoint_cfg=checkpoints.CheckpointConfig(save_every_steps=2),
+        log_every_steps=10)
+  ckpt = checkpoints.TrainCheckpointer(tmp_path,
+                                       checkpoints.CheckpointConfig())
+  assert ckpt.all_steps() == [2]
+  ckpt.close()
+  prompt = np.load(tmp_path / "prompts" / "prompt_step_2.npy")
+  assert np.isfinite(prompt).all()

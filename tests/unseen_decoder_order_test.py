@@ -249,7 +249,8 @@ def test_evaluate_unseen_passes_the_order_to_the_decoder_config(monkeypatch):
                       lambda **kwargs: seen.update(kwargs) or {})
   unseen_eval.evaluate_unseen(
       model_dir="/nonexistent", task_names=["hr_to_lr"], k_shot=2,
-      backbone=run_setup.BackboneConfig(preset="tiny", kind="decoder"),
+      backbone=run_setup.BackboneConfig(preset="tiny", kind="decoder",
+                                        random_weights=True),
       prompt=run_setup.PromptConfig(length=2),
       task_feature_lengths={"inputs": 200, "targets": 56},
       decoder_order="locale", decoder_order_probe="dev")

@@ -40,7 +40,8 @@ def _prompt_file(tmp_path: pathlib.Path) -> str:
 
 def _tiny_backbone() -> run_setup.BackboneConfig:
   """The backbone of models/t5_1_1_tiny.gin (random weights, seed 0)."""
-  return run_setup.BackboneConfig(random_weights=True, preset="t5_1_1_tiny", overrides={
+  return run_setup.BackboneConfig(
+      preset="t5_1_1_tiny", random_weights=True, overrides={
       "vocab_size": 32128, "emb_dim": H, "num_heads": 4, "head_dim": 16,
       "mlp_dim": 128})
 

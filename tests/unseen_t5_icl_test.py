@@ -35,7 +35,8 @@ SEED, N = 13, 6  # Train file of seed 13; the first N test rows.
 def setup():
   """(run, trainable, predictor) of the tiny T5 with a random prompt."""
   run = run_setup.build_run(
-      backbone=run_setup.BackboneConfig(preset="t5_1_1_tiny", overrides={
+      backbone=run_setup.BackboneConfig(
+          preset="t5_1_1_tiny", random_weights=True, overrides={
           "vocab_size": 32128, "emb_dim": H, "num_heads": 4, "head_dim": 16,
           "mlp_dim": 128}),
       prompt=run_setup.PromptConfig(length=P), mesh_cfg=run_setup.MeshConfig())
@@ -174,7 +175,8 @@ def test_gin_macros_reach_the_t5_table(tmp_path):
 def _evaluate(**kwargs):
   return unseen_eval.evaluate_unseen(
       model_dir="/nonexistent", backbone=run_setup.BackboneConfig(
-          preset="t5_1_1_tiny"), prompt=run_setup.PromptConfig(length=P),
+          preset="t5_1_1_tiny", random_weights=True),
+      prompt=run_setup.PromptConfig(length=P),
       task_names=[CB], task_feature_lengths=LENGTHS, **kwargs)
 
 

@@ -43,7 +43,7 @@ EMB_DIM = 32  # The 'tiny' decoder preset.
 SEEDS = (13, 21)
 ROWS = 4
 BACKBONE = run_setup.BackboneConfig(
-    preset="tiny", kind="decoder", vocab_path="smollm2",
+    random_weights=True, preset="tiny", kind="decoder", vocab_path="smollm2",
     overrides={"vocab_size": 49152, "max_position_embeddings": 512})
 PROMPT = run_setup.PromptConfig(length=PROMPT_LENGTH,
                                 init=specs.random_uniform())

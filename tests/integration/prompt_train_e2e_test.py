@@ -31,7 +31,8 @@ COMMON = [
 
 def _tiny_backbone() -> run_setup.BackboneConfig:
   """The backbone of models/t5_1_1_tiny.gin, built in Python."""
-  return run_setup.BackboneConfig(preset="t5_1_1_tiny", overrides={
+  return run_setup.BackboneConfig(
+      preset="t5_1_1_tiny", random_weights=True, overrides={
       "vocab_size": 32128, "emb_dim": 64, "num_heads": 4, "head_dim": 16,
       "mlp_dim": 128})
 
@@ -118,7 +119,8 @@ def test_sigterm_saves_and_exits(tmp_path):
       break
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
-  assert proc.wait(timeout=120) == 0, proc.stderr.read()[-3000:]
+  assert proc.wait(timeout=120) == 143, proc.stderr.read()[-3000:]
+  assert "preempted at step" in proc.stderr.read()
   saved = sorted(int(p.stem.rsplit("_", 1)[1])
                  for p in (model_dir / "prompts").glob("prompt_step_*.npy"))
   assert len(saved) == 1 and 3 <= saved[0] < 100000

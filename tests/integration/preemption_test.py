@@ -1,0 +1,100 @@
+"""SIGTERM at any point of the training loop: a checkpoint of the last
+finished step, then exit status 143 with a line that says "preempted".
+
+The evaluation case runs in a real subprocess whose evaluation sends the
+process a real SIGTERM; the step and save cases run in-process (the signal
+handler is the same).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import optax
+import pytest
+
+from prompt_jax import checkpoints
+from prompt_jax import data as data_lib
+from prompt_jax import run_setup
+from prompt_jax import train as train_lib
+from prompt_jax import trainer as trainer_lib
+from prompt_jax.prompts import specs
+
+_CHILD = """
+import os, signal, sys
+from prompt_jax import console
+console.setup(native_filter=True)  # As `python -m prompt_jax.main` does.
+from prompt_jax import evaluation, main
+original = evaluation.teacher_forced
+def interrupted(*args, **kwargs):
+  os.kill(os.getpid(), signal.SIGTERM)  # Arrives while evaluating.
+  return original(*args, **kwargs)
+evaluation.teacher_forced = interrupted
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_eval_saves_the_last_step(tmp_path):
+  model_dir = tmp_path / "run"
+  args = ["--gin_file=runs/prompt_train.gin",
+          "--gin_file=models/t5_1_1_tiny.gin",
+          "--gin_file=prompts/sampled_vocab.gin",
+          "--gin.MIXTURE_OR_TASK_NAME='sst2_v100'",
+          "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
+          "--gin.PROMPT_LENGTH=4", f"--gin.MODEL_DIR='{model_dir}'",
+          "--gin.TRAIN_STEPS=100", "--gin.BATCH_SIZE=8",
+          "--gin.EVAL_BATCH_SIZE=128", "--gin.SAVE_EVERY_STEPS=1000",
+          "--gin.EVAL_EVERY_STEPS=3"]
+  proc = subprocess.run([sys.executable, "-c", _CHILD, *args],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 143, proc.stderr[-3000:]
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "preempted at step 3: saved a checkpoint of step 3; rerun the same "
+      "command to resume")
+  # A healthy CPU run shows none of the native GPU-probe lines.
+  assert "cuInit" not in proc.stderr and "cuda" not in proc.stderr.lower()
+  assert sorted(os.listdir(model_dir / "prompts")) == ["prompt_step_3.npy"]
+  ckpt = checkpoints.TrainCheckpointer(model_dir,
+                                       checkpoints.CheckpointConfig())
+  assert ckpt.all_steps() == [3]
+  ckpt.close()
+
+
+def _interrupt_during(where: str, monkeypatch) -> None:
+  """Sends this process SIGTERM inside the first train step or save."""
+  def kill_then(fn):
+    def wrapped(*args, **kwargs):
+      os.kill(os.getpid(), signal.SIGTERM)
+      return fn(*args, **kwargs)
+    return wrapped
+  if where == "step":
+    monkeypatch.setattr(trainer_lib.Trainer, "train_step",
+                        kill_then(trainer_lib.Trainer.train_step))
+  else:
+    monkeypatch.setattr(checkpoints.TrainCheckpointer, "save",
+                        kill_then(checkpoints.TrainCheckpointer.save))
+
+
+@pytest.mark.parametrize("where", ["step", "save"])
+def test_sigterm_during_a_step_or_a_save(where, tmp_path, monkeypatch):
+  import tasks  # pylint: disable=g-import-not-at-top,unused-import
+  handler = signal.getsignal(signal.SIGTERM)
+  _interrupt_during(where, monkeypatch)
+  result = train_lib.train(
+      model_dir=str(tmp_path), backbone=run_setup.BackboneConfig(
+          preset="t5_1_1_tiny", random_weights=True,
+          overrides={"vocab_size": 32128}),
+      prompt=run_setup.PromptConfig(length=4, init=specs.random_uniform()),
+      train_dataset_cfg=data_lib.DatasetConfig(
+          "sst2_v100", {"inputs": 16, "targets": 4}, "train", 8),
+      optimizer=optax.sgd(0.1), total_steps=50,
+      checkpoint_cfg=checkpoints.CheckpointConfig(save_every_steps=2))
+  # "step": SIGTERM inside step 1; "save": inside the save of step 2.
+  expected = 1 if where == "step" else 2
+  assert result["preempted"] and result["step"] == expected
+  saved = np.load(tmp_path / "prompts" / f"prompt_step_{expected}.npy")
+  np.testing.assert_array_equal(
+      saved, np.asarray(result["trainable"]["prompt"]["prompt"]))
+  assert signal.getsignal(signal.SIGTERM) is handler
