@@ -119,7 +119,7 @@ def backbone_config(settings_name: str, gguf: str) -> run_setup.BackboneConfig:
   """SmolLM2 (GGUF), or for 'smoke' a tiny random decoder with its vocab."""
   if settings_name == "smoke":
     return run_setup.BackboneConfig(
-        preset="tiny", kind="decoder", vocab_path=gguf,
+        random_weights=True, preset="tiny", kind="decoder", vocab_path=gguf,
         overrides={"vocab_size": 49152, "bos_id": 1, "eos_id": 2,
                    "pad_id": 0})
   return run_setup.BackboneConfig(path=gguf, preset="smollm2_135m",
@@ -302,9 +302,10 @@ def render_all(root: pathlib.Path = RESULTS_DIR) -> str:
 
 
 def render(out: pathlib.Path) -> str:
-  """The Markdown of one directory: per split, one line per row."""
+  """The Markdown of one directory: what "trimmed" and "dropped" count,
+  then per split one line per row."""
   records = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
-  lines = []
+  lines = [_legend(records), ""]
   present = {r["split"] for r in records}
   for split in [s for s in metaicl_splits.SPLIT_NAMES if s in present]:
     mine = {r["row"]: r for r in records if r["split"] == split}
@@ -315,28 +316,72 @@ def render(out: pathlib.Path) -> str:
               f" {table['max_examples_per_task']} test rows per task; k ="
               f" {any_row['config']['k']} for the k-shot rows; seeds"
               f" {any_row['config']['seeds']}; hardware per row.", "",
-              "| method | mean over tasks | worst-seed mean | trained on |"
-              " wall |", "|---|---|---|---|---|"]
+              "| method | mean over tasks | worst-seed mean | trimmed /"
+              " contexts | trained on | wall |", "|---|---|---|---|---|---|"]
     for row in ROWS:
       r = mine.get(row)
       if r is None:
-        lines.append(f"| {row} | not run | | | |")
+        lines.append(f"| {row} | not run | | | | |")
       elif "error" in r:
-        lines.append(f"| {row} | failed: {r['error'][:80]} | | | |")
+        lines.append(f"| {row} | failed: {r['error'][:80]} | | | | |")
       else:
         m = r["meta_training"]
         trained = ("-" if m is None else f"{m['train_tasks']} tasks,"
-                   f" {m['steps']} x {m['batch']} ({m['part']})")
+                   f" {m['steps']} x {m['batch']} ({m['part']});"
+                   f" {m['examples']} examples, {m['dropped']} dropped")
         worst = ("-" if r["mean_worst"] is None
                  else f"{r['mean_worst']:.2f}")
-        lines.append(f"| {row} | {r['mean']:.2f} | {worst} | {trained} |"
-                     f" {r['wall_s']:.0f} s ({r['hardware']}) |")
-    lines += ["", *_per_task(mine), ""]
+        trims = _trims(r["table"]["rows"])
+        cut = [t["task"] for t in r["table"]["rows"] if t["trimmed_inputs"]
+               or t["trimmed_options"]]
+        trims += f" ({', '.join(cut)})" if cut else ""
+        lines.append(f"| {row} | {r['mean']:.2f} | {worst} | {trims} |"
+                     f" {trained} | {r['wall_s']:.0f} s ({r['hardware']}) |")
+    left_out = _left_out_line(split, table, any_row["config"])
+    lines += ["", left_out, "", *_per_task(mine, left_out), ""]
   return "\n".join(lines)
 
 
-def _per_task(mine: dict[str, dict]) -> list[str]:
-  """Per task, each row's score (mean over seeds)."""
+def _short_reason(reason: str) -> str:
+  if reason.startswith("not in the MetaICL pool"):
+    return "not in the MetaICL pool here"
+  if reason.startswith("no data: ") and "has no split 'test'" in reason:
+    return "no test file"
+  return reason
+
+
+def _left_out_line(split: str, table: dict, config: dict) -> str:
+  """The split's test tasks left out of the means, grouped by why (the
+  table's reason, else: not in the pool, no test file, or beyond the
+  settings' first `test_tasks`); "none" when every one was evaluated."""
+  done = {r["task"] for r in table["rows"]}
+  why = {s["task"]: _short_reason(s["reason"]) for s in table["skipped"]}
+  folders = metaicl_splits.test_folders(split)
+  groups: dict[str, list[str]] = {}
+  for folder in folders:
+    if folder in done:
+      continue
+    if folder in why:
+      reason = why[folder]
+    elif folder not in metaicl_pool.NAME_OF:
+      reason = "not in the MetaICL pool here"
+    elif folder not in metaicl_pool.TASKS_WITH_TEST_FILE:
+      reason = "no test file"
+    elif config.get("test_tasks"):
+      reason = f"beyond the first {config['test_tasks']} test tasks with data"
+    else:
+      reason = "not evaluated"
+    groups.setdefault(reason, []).append(folder)
+  count = sum(len(v) for v in groups.values())
+  if not count:
+    return "Left out of the means: none."
+  return (f"Left out of the means ({count} of {len(folders)} test tasks): "
+          + "; ".join(f"{', '.join(v)} ({k})" for k, v in groups.items())
+          + ".")
+
+
+def _per_task(mine: dict[str, dict], left_out: str) -> list[str]:
+  """Per task, each row's score (mean over seeds), then `left_out`."""
   done = [row for row in ROWS if "table" in mine.get(row, {})]
   scores = {row: {t["task"]: t for t in mine[row]["table"]["rows"]}
             for row in done}
@@ -345,11 +390,53 @@ def _per_task(mine: dict[str, dict]) -> list[str]:
            "| task | metric | " + " | ".join(done) + " |",
            "|---|---|" + "---|" * len(done)]
   for task, t in first.items():
-    lines.append(f"| {task} | {t['metric']} | " + " | ".join(
-        f"{scores[row][task]['score']:.2f}" for row in done) + " |")
-  skipped = mine[done[0]]["table"]["skipped"]
-  return lines + ["", "Skipped (no test data here): " + ", ".join(
-      f"{s['task']}" for s in skipped) + ".", "", "</details>"]
+    cells = []
+    for row in done:
+      cell = scores[row][task]
+      trims = ("" if not (cell["trimmed_inputs"] or cell["trimmed_options"])
+               else f" ({_trims([cell])} trimmed)")
+      cells.append(f"{cell['score']:.2f}{trims}")
+    lines.append(f"| {task} | {t['metric']} | " + " | ".join(cells) + " |")
+  return lines + ["", left_out, "", "</details>"]
+
+
+def _contexts(task_row: dict) -> int:
+  """Contexts scored for one task: its test rows x seeds (k = 0: one run,
+  no `seeds`)."""
+  return task_row["examples"] * len(task_row.get("seeds") or [None])
+
+
+def _trims(task_rows: list[dict]) -> str:
+  """`trimmed / contexts` over `task_rows` (e.g. `37 / 6000`), with the
+  trimmed options when there are any."""
+  inputs = sum(t["trimmed_inputs"] for t in task_rows)
+  options = sum(t["trimmed_options"] for t in task_rows)
+  return (f"{inputs} / {sum(_contexts(t) for t in task_rows)}"
+          + (f" + {options} options" if options else ""))
+
+
+def _legend(records: list[dict]) -> str:
+  """What the "trimmed" and "dropped" counts of these records mean."""
+  tables = [r["table"] for r in records if "table" in r]
+  lengths = sorted({t["max_length"] for t in tables}) or ["?"]
+  per_example = sorted({t["max_length_per_example"] for t in tables}) or ["?"]
+  options = sum(t["trimmed_options"] for tab in tables for t in tab["rows"])
+  return (
+      "\"trimmed / contexts\": of the contexts scored (test rows x seeds;"
+      " k = 0: x 1, with no demonstrations to cut), those whose"
+      " demonstrations were cut from the left so that demonstrations + query"
+      f" + option fit max_length = {' / '.join(map(str, lengths))} tokens"
+      " (a row counts once per seed if any of its options needed the cut);"
+      " per task, after the score where not 0. Not counted, nor recorded: an"
+      " input (demonstration or query) cut from its end to fit"
+      f" max_length_per_example = {' / '.join(map(str, per_example))}"
+      " tokens with its output. "
+      + ("No option was cut (`trimmed_options` is 0 in every row). "
+         if not options else "\"+ N options\": options cut"
+         " (`trimmed_options`). ")
+      + "\"dropped\": meta-training examples that could not be formatted"
+      " (an output leaving no room within max_length_per_example, or query +"
+      " output over max_length), left out of meta-training.")
 
 
 def write_markdown(root: pathlib.Path = RESULTS_DIR) -> None:
