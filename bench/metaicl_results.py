@@ -48,6 +48,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # pylint: disable=wrong-import-position
+from bench import markdown_section  # pylint: disable=wrong-import-position
 from prompt_jax import array_batches
 from prompt_jax import optim
 from prompt_jax import run_setup
@@ -440,10 +441,8 @@ def _legend(records: list[dict]) -> str:
 
 
 def write_markdown(root: pathlib.Path = RESULTS_DIR) -> None:
-  text = RESULTS_MD.read_text()
-  head, rest = text.split(BEGIN)
-  _, tail = rest.split(END)
-  RESULTS_MD.write_text(f"{head}{BEGIN}\n{render_all(root)}{END}{tail}")
+  markdown_section.replace_section(RESULTS_MD, BEGIN, END,
+                                   "\n" + render_all(root))
 
 
 def main(argv=None) -> None:

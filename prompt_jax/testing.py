@@ -124,3 +124,21 @@ def kill_then_resume(train_args, root, steps: int, kill_after_step: int
   first_resumed = metric_rows(killed_dir)[logged_before]["step"]
   return (np.load(killed_dir / final), np.load(clean_dir / final),
           first_resumed)
+
+
+def backbone_shaped_leaves(tree: Any, frozen: Any, trainable: Any
+                           ) -> list[str]:
+  """'path [shape]' of every leaf of `tree` shaped like a `frozen` leaf.
+
+  Shapes that some `trainable` leaf also has are allowed. A frozen weight,
+  its gradient or an optimizer moment for it would be listed. Leaves may be
+  arrays or `jax.ShapeDtypeStruct`s (e.g. a lowered step's `out_info`).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  def shape(x):
+    return tuple(getattr(x, "shape", np.shape(x)))
+  backbone = ({shape(x) for x in jax.tree.leaves(frozen)}
+              - {shape(x) for x in jax.tree.leaves(trainable)})
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return [f"{jax.tree_util.keystr(path)} {list(shape(x))}"
+          for path, x in flat if shape(x) in backbone]

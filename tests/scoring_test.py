@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_jax import parity_checks
 from prompt_jax import partitioning
 from prompt_jax import scoring
 from prompt_jax import testing
@@ -13,44 +14,25 @@ from prompt_jax import types
 from prompt_jax.t5 import network
 
 # Ragged on purpose: different input and target lengths per example.
-_INPUT_LENGTHS = [7, 3, 5, 1]
-_TARGET_LENGTHS = [4, 1, 6, 2]
-
-
-def _hf_scores(hf_model, enc: np.ndarray, tgt: np.ndarray) -> np.ndarray:
-  """Per-example -CE sum from transformers, padding labelled -100."""
-  import torch  # pylint: disable=g-import-not-at-top
-  labels = torch.tensor(np.where(tgt == 0, -100, tgt), dtype=torch.long)
-  with torch.no_grad():
-    out = hf_model(input_ids=torch.tensor(enc, dtype=torch.long),
-                   attention_mask=torch.tensor(enc != 0, dtype=torch.long),
-                   labels=labels)
-  ce = torch.nn.functional.cross_entropy(
-      out.logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
-  return -ce.sum(-1).numpy()
+_INPUT_LENGTHS = parity_checks.SCORE_INPUT_LENGTHS
+_TARGET_LENGTHS = parity_checks.SCORE_TARGET_LENGTHS
 
 
 def _ragged_batch(vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-  rng = np.random.RandomState(0)
-  enc = testing.padded_batch(rng, 4, 8, vocab_size, _INPUT_LENGTHS)
-  tgt = testing.padded_batch(rng, 4, 6, vocab_size, _TARGET_LENGTHS)
-  return enc, tgt
+  return parity_checks.ragged_score_batch(vocab_size)
 
 
 class ScoreBatchTest(parameterized.TestCase):
 
   @parameterized.named_parameters(("t5_1_0", "t5_1_0"), ("t5_1_1", "t5_1_1"))
   def test_matches_transformers_label_loss(self, style):
-    # HF's `labels=` path shifts labels right using decoder_start_token_id.
-    hf_model, cfg, params = testing.random_hf_t5(style,
-                                                 decoder_start_token_id=0)
-    enc, tgt = _ragged_batch(cfg.vocab_size)
-    fn = scoring.make_score_fn(network.T5Transformer(cfg))
-    scores, token_scores = fn(params, enc, tgt)
-    expected = _hf_scores(hf_model, enc, tgt)
+    got = parity_checks.t5_label_scores(style)
+    scores, token_scores, tgt = (got["scores"], got["token_scores"],
+                                 got["targets"])
     self.assertEqual(scores.shape, (4,))
     self.assertEqual(token_scores.shape, (4, 6))
-    np.testing.assert_allclose(scores, expected, atol=1e-4, rtol=1e-5)
+    self.assertLessEqual(parity_checks.max_abs_diff(scores, got["expected"]),
+                         parity_checks.bound(f"t5_score_{style}"))
     # Real values, not a trivially-zero pass: every score is a sum of
     # negative log-probs of a ~uniform-ish random model.
     self.assertTrue(np.all(np.asarray(scores) < -0.5))

@@ -1,9 +1,11 @@
 """Prompt-tuning invariants of the train step on a frozen tiny T5."""
 
+import functools
+
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from prompt_jax import model as model_lib
@@ -18,7 +20,8 @@ P = 20
 
 
 def _toy_batch(n: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
-  """n examples, 2 labels: the label (id 10 or 11) depends on token 3's id."""
+  """n examples, 2 labels: the label (id 10 or 11) is the parity of the
+  first token's id (7 x 10, 9 x 11 at n=16)."""
   rng = np.random.RandomState(seed)
   enc = testing.padded_batch(rng, n, 8, CFG.vocab_size,
                              lengths=list(rng.randint(4, 9, n)))
@@ -30,33 +33,39 @@ def _toy_batch(n: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
           "decoder_loss_weights": np.ones_like(targets)}
 
 
-def _setup(mesh_shape=(2, 4), lr=0.3, microbatches=1):
+def _setup(mesh_shape=(2, 4), lr=0.3, microbatches=1, opt=None):
   mesh = partitioning.make_mesh(*mesh_shape)
   rules = partitioning.standard_logical_axis_rules("model")
   frozen = partitioning.init_params(network.T5Transformer(CFG),
                                     jax.random.key(0), mesh, rules)
   model = model_lib.PromptT5Model(CFG, P)
-  opt = optim.make_optimizer(name="adafactor", learning_rate=lr,
-                             weight_decay=1e-5)
+  opt = opt or optim.make_optimizer(name="adafactor", learning_rate=lr,
+                                    weight_decay=1e-5)
   trainer = trainer_lib.Trainer(model, opt, mesh, rules,
                                 partitioning.shardings_of(frozen),
                                 num_microbatches=microbatches)
   return trainer, frozen
 
 
-def test_only_the_prompt_changes_bit_for_bit():
+def test_train_step_outputs_only_the_prompt_and_its_state():
+  """The frozen tree is an undonated argument, so it cannot change; what the
+  trainable-only rule guarantees is that nothing backbone-shaped (a weight,
+  its gradient, its Adafactor moments) is computed into the step's output."""
   trainer, frozen = _setup()
-  frozen_before = jax.tree.map(np.array, frozen)
   state = trainer.init_state(jax.random.key(1))
   prompt_before = np.array(trainer.model.prompt_of(state.trainable))
   batch = trainer.put_batch(_toy_batch())
+  out = trainer.lower_train_step(state, frozen, batch,
+                                 jax.random.key(2)).out_info
+  assert testing.backbone_shaped_leaves(out, frozen, state.trainable) == []
+  assert max(x.size for x in jax.tree.leaves(out)) == P * CFG.emb_dim
+  assert (jax.tree.structure(out[0].trainable)
+          == jax.tree.structure(state.trainable))
   for _ in range(3):
     state, metrics = trainer.train_step(state, frozen, batch,
                                         jax.random.key(2))
   assert int(state.step) == 3
   assert np.isfinite(float(metrics["loss"]))
-  jax.tree.map(np.testing.assert_array_equal, frozen_before,
-               jax.tree.map(np.array, frozen))
   prompt = np.array(trainer.model.prompt_of(state.trainable))
   assert (prompt != prompt_before).mean() > 0.9
 
@@ -71,10 +80,17 @@ def test_gradients_and_optimizer_state_hold_only_trainable_leaves():
   flat = flax.traverse_util.flatten_dict(grads, sep="/")
   assert list(flat) == ["prompt/prompt"]
   assert flat["prompt/prompt"].shape == (P, CFG.emb_dim)
+  assert np.abs(np.asarray(flat["prompt/prompt"])).max() > 0
+  assert testing.backbone_shaped_leaves(grads, frozen, state.trainable) == []
+  assert testing.backbone_shaped_leaves(state.opt_state, frozen,
+                                        state.trainable) == []
   optim.assert_no_large_leaves(state.opt_state, P * CFG.emb_dim)
-  smallest_backbone = min(x.size for x in jax.tree.leaves(frozen))
-  assert all(x.size < max(smallest_backbone, P * CFG.emb_dim + 1)
-             for x in jax.tree.leaves(state.opt_state))
+  # Adafactor on a [20, 32] prompt (below its factoring threshold): the
+  # full second moment has the prompt's shape; everything else is tiny.
+  shapes = sorted(x.shape for x in jax.tree.leaves(state.opt_state))
+  assert shapes.count((P, CFG.emb_dim)) == 1, shapes
+  assert all(x.size <= 1 for x in jax.tree.leaves(state.opt_state)
+             if x.shape != (P, CFG.emb_dim)), shapes
 
 
 def test_state_and_batch_shardings():
@@ -94,20 +110,41 @@ def test_state_and_batch_shardings():
   assert metrics["loss"].sharding.is_fully_replicated
 
 
-def test_microbatches_give_the_same_update():
-  results = []
+def test_microbatches_accumulate_the_whole_batch_gradient():
+  """M = 4 microbatches give the gradient of the whole batch (not M times it,
+  nor its mean over microbatches): compared directly, then through one
+  jitted SGD step, whose update is exactly -lr * g. (Adafactor's first update
+  is lr * sign(g), blind to the gradient's scale.)"""
+  trainer, frozen = _setup((8, 1))
+  trainable = trainer.init_state(jax.random.key(1)).trainable
+  grads, sums = {}, {}
   for m in (1, 4):
-    trainer, frozen = _setup((8, 1), microbatches=m)
+    fn = jax.jit(functools.partial(trainer_lib.loss_and_grads, trainer.model,
+                                   num_microbatches=m))
+    grads[m], sums[m] = fn(trainable, frozen, _toy_batch(),
+                           jax.random.key(0))
+  g = np.asarray(grads[1]["prompt"]["prompt"])
+  scale = np.abs(g).max()
+  assert scale > 1e-3
+  np.testing.assert_allclose(grads[4]["prompt"]["prompt"], g, rtol=1e-4,
+                             atol=1e-5 * scale)
+  for key, value in sums[1].items():
+    np.testing.assert_allclose(sums[4][key], value, rtol=1e-5, err_msg=key)
+  lr = 0.5
+  for m in (1, 4):
+    trainer, frozen = _setup((8, 1), microbatches=m, opt=optax.sgd(lr))
     state = trainer.init_state(jax.random.key(1))
+    before = np.array(trainer.model.prompt_of(state.trainable))
     state, metrics = trainer.train_step(
         state, frozen, trainer.put_batch(_toy_batch()), jax.random.key(2))
-    results.append((np.array(trainer.model.prompt_of(state.trainable)),
-                    float(metrics["loss"])))
-  np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-5)
-  assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
+    step = before - np.array(trainer.model.prompt_of(state.trainable))
+    np.testing.assert_allclose(step, lr * g, rtol=0, atol=1e-3 * lr * scale,
+                               err_msg=f"num_microbatches={m}")
+    assert float(metrics["loss"]) == pytest.approx(
+        float(sums[1]["loss_sum"] / sums[1]["tokens"]), rel=1e-5)
 
 
-def test_prompt_fits_small_task_on_frozen_random_t5():
+def test_prompt_training_lowers_the_loss_on_frozen_random_t5():
   trainer, frozen = _setup((8, 1))
   state = trainer.init_state(jax.random.key(1))
   batch = trainer.put_batch(_toy_batch())
@@ -116,9 +153,13 @@ def test_prompt_fits_small_task_on_frozen_random_t5():
     state, metrics = trainer.train_step(state, frozen, batch,
                                         jax.random.key(2))
     losses.append(float(metrics["loss"]))
-  assert losses[-1] < 0.5 * losses[0], losses[::10]
   sums = trainer.eval_step(state.trainable, frozen, batch)
   accuracy = float(sums["correct"] / sums["tokens"])
   print(f"toy task: loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
         f"token accuracy {accuracy:.3f}")
-  assert accuracy > 0.75
+  # The fixed seeds' run (quoted in docs/RESULTS.md): 4.764 -> 1.789, 25 of
+  # the 32 tokens right: all 16 EOS and the majority label (11) for every
+  # row. The prompt learns the label prior, not the parity rule.
+  assert losses[0] == pytest.approx(4.764, abs=2e-3), losses[::10]
+  assert losses[-1] == pytest.approx(1.789, abs=2e-3), losses[::10]
+  assert (int(sums["correct"]), int(sums["tokens"])) == (25, 32)

@@ -7,13 +7,13 @@ heads, randomised norm scales; no downloads. Also the checkpoint conversion
 
 import functools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
 
+from prompt_jax import parity_checks as pc
 from prompt_jax.decoder import attention
 from prompt_jax.decoder import config as config_lib
 from prompt_jax.decoder import convert
@@ -21,64 +21,32 @@ from prompt_jax.decoder import generation
 from prompt_jax.decoder import network
 from prompt_jax.decoder import testing
 
-_CONFIGS = {
-    "tied": testing.tiny_decoder_config(tie_word_embeddings=True),
-    "untied": testing.tiny_decoder_config(tie_word_embeddings=False),
-    # Llama 3.1-style frequency rescaling, with an original context short
-    # enough that all three frequency bands occur at D = 8.
-    "llama3_rope": testing.tiny_decoder_config(
-        rope_scaling=config_lib.Llama3RopeScaling(
-            factor=8.0, original_max_position_embeddings=64),
-        max_position_embeddings=256),
-}
+_CONFIGS = pc.decoder_configs()
 
 
 @functools.lru_cache(maxsize=None)
 def _models(name: str, eos_boost: float = 1.0):
-  """(config, HF model, our params); `eos_boost` scales the head's EOS row."""
+  """(config, HF model, our params); `eos_boost` scales the head's EOS row
+  (of a fresh model: the shared one of `pc.decoder_models` stays intact)."""
+  if eos_boost == 1.0:
+    return pc.decoder_models(name)
   cfg = _CONFIGS[name]
-  hf_model, params = testing.random_hf_llama(cfg, seed=len(name))
-  if eos_boost != 1.0:
-    with torch.no_grad():
-      hf_model.lm_head.weight[cfg.eos_id] *= eos_boost
-    state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
-    params = convert.params_from_hf(state, cfg)
-  return cfg, hf_model, params
+  hf_model, _ = testing.random_hf_llama(cfg, seed=len(name))
+  with torch.no_grad():
+    hf_model.lm_head.weight[cfg.eos_id] *= eos_boost
+  state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
+  return cfg, hf_model, convert.params_from_hf(state, cfg)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _logits(model, params, ids, mask):
-  return model.apply({"params": params}, ids, mask)
-
-
-def _batch(vocab: int, side: str) -> tuple[np.ndarray, np.ndarray]:
-  """[4, 9] ids of the same 4 prompts (9, 5, 7, 2 tokens) padded on `side`."""
-  rng = np.random.RandomState(0)
-  ids, mask = np.zeros((4, 9), np.int64), np.zeros((4, 9), np.int64)
-  for row, n in enumerate([9, 5, 7, 2]):
-    span = slice(0, n) if side == "right" else slice(9 - n, 9)
-    ids[row, span] = rng.randint(3, vocab, n)
-    mask[row, span] = 1
-  return ids, mask
+_batch = pc.decoder_batch
 
 
 @pytest.mark.parametrize("name", sorted(_CONFIGS))
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_logits_match_transformers(name, side):
-  cfg, hf_model, params = _models(name)
-  ids, mask = _batch(cfg.vocab_size, side)
-  # HF numbers positions 0.. from the first slot unless told otherwise;
-  # `generate` passes cumsum(mask) - 1, which is what we use throughout.
-  position_ids = np.maximum(np.cumsum(mask, 1) - 1, 0)
-  with torch.no_grad():
-    ref = hf_model(torch.tensor(ids), attention_mask=torch.tensor(mask),
-                   position_ids=torch.tensor(position_ids)).logits.numpy()
-  ours = np.asarray(_logits(network.DecoderLM(cfg), params, ids, mask))
-  valid = mask.astype(bool)
-  err = np.abs(ours - ref)[valid].max()
-  print(f"{name} {side}: max |ours - HF| = {err:.2e} "
-        f"(max |logit| {np.abs(ref).max():.2f})")
-  assert err <= 1e-4
+  err = pc.decoder_logits_diff(name, side)
+  print(f"{name} {side}: max |ours - HF| = {err:.2e}")
+  assert err <= pc.bound(f"decoder_logits_{name}")
 
 
 def test_rotary_frequencies_match_transformers():

@@ -129,8 +129,9 @@ def test_meta_trained_prompt_on_unseen_task(trained, mixture):
   assert row["examples"] == ROWS
   assert set(row["seeds"]) == {str(s) for s in SEEDS}
   scores = list(row["seeds"].values())
-  for score in scores:  # Accuracy over 4 rows: a multiple of 25.
-    assert 0.0 <= score <= 100.0 and score % 25.0 == 0.0
+  # The fixed seeds' values: 2 of the 4 COPA rows right for both seeds
+  # (chance is 50%: 6 steps on a random tiny decoder teach nothing).
+  assert row["seeds"] == {"13": 50.0, "21": 50.0}
   assert row["score"] == pytest.approx(np.mean(scores))
   assert row["worst"] == min(scores)
   assert table["mean"] == pytest.approx(row["score"])
