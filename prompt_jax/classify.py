@@ -16,10 +16,11 @@ Example (the `make run` job, after training):
                     task="sst2_smollm2_v100",
                     options=[" negative", " positive"],
                     prompt_file="latest")
-  # prints: sst2_smollm2_v100 validation (872 rows): zero-shot 77.98% ->
-  #         prompt 84.40%
+  # prints: sst2_smollm2_v100 validation (872 rows): zero-shot A% ->
+  #         prompt B%
   # writes runs/demo_sst2_smollm2/classify_sst2_smollm2_v100_validation.json
-  result["prompt_accuracy"]   # 84.40
+  result["prompt_accuracy"]   # B (`make run` stores its own in
+                              # bench/results/make_run.json)
 """
 
 import dataclasses

@@ -142,8 +142,24 @@ def make_optimizer(*, name: str = "adafactor", learning_rate: LearningRate,
   return tx
 
 
+def adafactor_paper_settings(*, pretraining_steps: int = T5_1_1_LM100K_STEPS,
+                             learning_rate: float = 0.3,
+                             accumulation_steps: int = 1) -> dict[str, Any]:
+  """The `make_optimizer` arguments of `adafactor_paper` (to record them)."""
+  if (isinstance(pretraining_steps, bool)
+      or not isinstance(pretraining_steps, int) or pretraining_steps < 0):
+    raise ValueError("adafactor_paper: pretraining_steps must be an int >= 0, "
+                     f"got {pretraining_steps!r}.")
+  return dict(
+      name="adafactor", learning_rate=learning_rate, weight_decay=1e-5,
+      accumulation_steps=accumulation_steps, decay_rate=0.8,
+      decay_offset=-pretraining_steps, multiply_by_parameter_scale=False,
+      clipping_threshold=1.0, factored=True, min_dim_size_to_factor=128,
+      momentum=None, eps=1e-30)
+
+
 def adafactor_paper(*, pretraining_steps: int = T5_1_1_LM100K_STEPS,
-                    accumulation_steps: int = 1
+                    accumulation_steps: int = 1, learning_rate: float = 0.3
                     ) -> optax.GradientTransformation:
   """Adafactor exactly as Lester et al. (2021) and prompt-tuning ran it.
 
@@ -165,20 +181,14 @@ def adafactor_paper(*, pretraining_steps: int = T5_1_1_LM100K_STEPS,
       fresh Adafactor whose decay starts at 0 (`1 - 1**-0.8`).
     accumulation_steps: microbatches per update; changes no result when the
       paper's batch of 32 is split into equal microbatches.
+    learning_rate: the constant rate (the paper's 0.3 by default).
 
   Returns:
     The gradient transformation; `init` it on the trainable params only.
   """
-  if (isinstance(pretraining_steps, bool)
-      or not isinstance(pretraining_steps, int) or pretraining_steps < 0):
-    raise ValueError("adafactor_paper: pretraining_steps must be an int >= 0, "
-                     f"got {pretraining_steps!r}.")
-  return make_optimizer(
-      name="adafactor", learning_rate=0.3, weight_decay=1e-5,
-      accumulation_steps=accumulation_steps, decay_rate=0.8,
-      decay_offset=-pretraining_steps, multiply_by_parameter_scale=False,
-      clipping_threshold=1.0, factored=True, min_dim_size_to_factor=128,
-      momentum=None, eps=1e-30)
+  return make_optimizer(**adafactor_paper_settings(
+      pretraining_steps=pretraining_steps, learning_rate=learning_rate,
+      accumulation_steps=accumulation_steps))
 
 
 def assert_no_large_leaves(tree: types.PyTree, max_elements: int) -> None:

@@ -59,7 +59,9 @@ def _assert_logits_match_torch(model, cfg, params):
     ref = model(input_ids=torch.tensor(enc),
                 attention_mask=torch.tensor(enc != 0),
                 decoder_input_ids=torch.tensor(dec)).logits.numpy()
-  np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-4, rtol=0)
+  # Measured <= 2.9e-6 over the four callers (bench/parity_checks.py bounds
+  # the same comparison at 5e-6 / 1e-5 for T5 1.0 / 1.1).
+  np.testing.assert_allclose(np.asarray(ours), ref, atol=1e-5, rtol=0)
 
 
 def _random_params(cfg, seed: int = 0) -> dict:
