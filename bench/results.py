@@ -50,6 +50,7 @@ from prompt_jax.icl import demo_selection  # pylint: disable=wrong-import-positi
 from prompt_jax.prompts import specs  # pylint: disable=wrong-import-position
 from tasks import smollm2_tasks  # pylint: disable=wrong-import-position
 from tasks import vocab  # pylint: disable=wrong-import-position
+from bench import markdown_section  # pylint: disable=wrong-import-position
 
 OUT_DIR = ROOT / "bench" / "results"
 RUNS_DIR = ROOT / "runs" / "results"
@@ -71,7 +72,9 @@ class TaskSpec:
 
 
 TASKS = {
-    "sst2": TaskSpec(smollm2_tasks.SST2_SMOLLM2_TASK, 80, None, True),
+    # SST-2's longest train row is 87 SmolLM2 tokens (dev 65): 95 keeps
+    # every row whole, as the `make run` demo (inputs 95).
+    "sst2": TaskSpec(smollm2_tasks.SST2_SMOLLM2_TASK, 95, None, True),
     "rte": TaskSpec("rte_smollm2_v100", 320, None, True),
     "boolq": TaskSpec("boolq_smollm2_v100", 1024, 400, False),
 }
@@ -141,33 +144,46 @@ def demonstrations(train_rows, k: int, seed: int) -> str:
   return "".join(f"{train_rows[i][2]}{train_rows[i][3]}\n" for i in idx)
 
 
+def optimizer_settings(part: str, settings: dict,
+                       prompt_lr: float | None) -> dict:
+  """The `optim.make_optimizer` arguments of a training row, all of them
+  (recorded in the row): the paper's Adafactor for prompts (lr 0.3 unless
+  `prompt_lr`; nothing else changes with it), AdamW for full fine-tuning."""
+  if part == "prompt":
+    return optim.adafactor_paper_settings(learning_rate=prompt_lr or 0.3)
+  return dict(name="adamw", learning_rate=settings["full_lr"],
+              weight_decay=0.01)
+
+
 def _train(backbone_cfg, task: TaskSpec, settings: dict, name: str, *,
-           prompt_length: int, part: str, prompt_lr: float | None):
+           prompt_length: int, part: str, optimizer: dict):
+  """Trains in a fresh run directory of its own; returns (result, the
+  run's settings as recorded, its train log [[step, loss], ...])."""
   model_dir = RUNS_DIR / name
   shutil.rmtree(model_dir, ignore_errors=True)
   labels = [w.strip() for w in smollm2_tasks.CLASSIFICATION_TASKS[task.name]]
-  if part == "prompt" and prompt_lr is None:
-    optimizer = optim.adafactor_paper()  # lr 0.3, as the paper
-  elif part == "prompt":
-    optimizer = optim.make_optimizer(name="adafactor",
-                                     learning_rate=prompt_lr,
-                                     weight_decay=1e-5)
-  else:
-    optimizer = optim.make_optimizer(name="adamw",
-                                     learning_rate=settings["full_lr"],
-                                     weight_decay=0.01)
-  return train_lib.train(
+  dataset = data_lib.DatasetConfig(
+      task.name, {"inputs": task.inputs_length, "targets": 1}, "train",
+      settings["batch"], shuffle=True, seed=0, feature_converter="prefix_lm",
+      trim_to_multiple=16)
+  result = train_lib.train(
       model_dir=str(model_dir), backbone=backbone_cfg,
       prompt=run_setup.PromptConfig(prompt_length,
                                     specs.class_labels(labels), "prefix"),
-      train_dataset_cfg=data_lib.DatasetConfig(
-          task.name, {"inputs": task.inputs_length, "targets": 1}, "train",
-          settings["batch"], shuffle=True, seed=0,
-          feature_converter="prefix_lm", trim_to_multiple=16),
-      optimizer=optimizer, total_steps=settings["steps"],
+      train_dataset_cfg=dataset, optimizer=optim.make_optimizer(**optimizer),
+      total_steps=settings["steps"],
       checkpoint_cfg=checkpoints.CheckpointConfig(
           save_every_steps=settings["steps"], keep=1),
       log_every_steps=25, seed=0, trainable_part=part)
+  recorded = {"run_dir": str(model_dir.relative_to(ROOT)),
+              "dataset": dataclasses.asdict(dataset), "seed": 0,
+              "prompt_init": "class_labels" if part == "prompt" else None,
+              "prompt_position": "prefix" if part == "prompt" else None,
+              "log_every_steps": 25}
+  log = [[r["step"], r["loss"]]
+         for r in map(json.loads, (model_dir / "metrics.jsonl").open())
+         if r["split"] == "train"]
+  return result, recorded, log
 
 
 def run_row(row: str, task_key: str, backbone: Backbone, settings_name: str,
@@ -199,8 +215,11 @@ def run_row(row: str, task_key: str, backbone: Backbone, settings_name: str,
     p = 1 if part == "full" else int(row[len("prompt_p"):])
     backbone_cfg = run_setup.BackboneConfig(
         path="smollm2", preset="smollm2_135m", kind="decoder")
-    result = _train(backbone_cfg, task, settings, f"{task_key}_{row}",
-                    prompt_length=p, part=part, prompt_lr=prompt_lr)
+    optimizer = optimizer_settings(part, settings, prompt_lr)
+    lr_tag = f"_lr{prompt_lr:g}" if prompt_lr else ""
+    result, recorded, log = _train(
+        backbone_cfg, task, settings, f"{task_key}_{row}{lr_tag}",
+        prompt_length=p, part=part, optimizer=optimizer)
     trained = result["trainable"]
     if part == "full":
       record["accuracy"] = _eval(backbone, task, rows,
@@ -208,17 +227,54 @@ def run_row(row: str, task_key: str, backbone: Backbone, settings_name: str,
     else:
       record["accuracy"] = _eval(backbone, task, rows, trainable=trained,
                                  prompt_length=p)
+    train_rows = read_split(task, "train")
     record.update(train_steps=settings["steps"], batch=settings["batch"],
                   final_train_loss=result["train"]["loss"], seeds=[0],
-                  learning_rate=(settings["full_lr"] if part == "full" else
-                                 prompt_lr or 0.3))
+                  learning_rate=optimizer["learning_rate"],
+                  optimizer=optimizer, train_settings=recorded,
+                  train_log=log, truncated_train_rows=sum(
+                      len(r[0]) > task.inputs_length for r in train_rows),
+                  train_rows=len(train_rows))
   return record
+
+
+def record_make_run(run_dir: pathlib.Path, wall_s: float) -> dict:
+  """The stored row of a `make run` job, from what its run wrote: the
+  classify result, the recorded train settings, the train log and the
+  operative gin config (kept whole in the row)."""
+  classify = json.loads((run_dir / f"classify_{TASKS['sst2'].name}_"
+                         "validation.json").read_text())
+  settings = json.loads((run_dir / "train_settings.json").read_text())
+  operative = (run_dir / "operative_config.gin").read_text()
+  if "@optim.adafactor_paper()" not in operative:
+    raise SystemExit(f"{run_dir}: not the make run recipe (adafactor_paper)")
+  log = [[r["step"], r["loss"]]
+         for r in map(json.loads, (run_dir / "metrics.jsonl").open())
+         if r["split"] == "train"]
+  inputs_length = settings["data"]["task_feature_lengths"]["inputs"]
+  train_rows = read_split(TASKS["sst2"], "train")
+  return {
+      "task": classify["task"], "task_key": "sst2", "row": "make_run",
+      "eval_rows": classify["rows"], "settings": "make run",
+      "accuracy": classify["prompt_accuracy"],
+      "zero_shot_accuracy": classify["zero_shot_accuracy"],
+      "seeds": [settings["seed"]], "train_steps": log[-1][0],
+      "batch": settings["data"]["batch_size"],
+      "final_train_loss": log[-1][1],
+      "optimizer": optim.adafactor_paper_settings(),
+      "learning_rate": optim.adafactor_paper_settings()["learning_rate"],
+      "train_settings": settings, "train_log": log,
+      "truncated_train_rows": sum(len(r[0]) > inputs_length
+                                  for r in train_rows),
+      "train_rows": len(train_rows), "operative_config": operative,
+      "wall_s": wall_s, "hardware": hardware(),
+      "load_average": os.getloadavg(), "command": "make run"}
 
 
 def render() -> str:
   """The generated Markdown section from every stored row."""
   records = [json.loads(p.read_text()) for p in sorted(OUT_DIR.glob("*.json"))]
-  order = {r: i for i, r in enumerate(ROWS)}
+  order = {r: i for i, r in enumerate(ROWS + ("make_run",))}
   records.sort(key=lambda r: (list(TASKS).index(r["task_key"]),
                               order[r["row"]]))
   lines = [BEGIN, "", "| task | method | accuracy (%) | eval rows | seeds |"
@@ -228,28 +284,61 @@ def render() -> str:
     if "worst" in r:
       acc += f" (worst {r['worst']:.2f}; " + ", ".join(
           f"{a:.1f}" for a in r["per_seed"]) + ")"
-    training = (f"{r['train_steps']} steps x {r['batch']}, lr "
-                f"{r['learning_rate']:g}, final loss "
-                f"{r['final_train_loss']:.3f}" if "train_steps" in r else "-")
+    if "zero_shot_accuracy" in r:
+      acc += f" (zero-shot {r['zero_shot_accuracy']:.2f} in the same run)"
+    training = _training_cell(r)
     lines.append(f"| {r['task']} | {r['row']} | {acc} | {r['eval_rows']} | "
                  f"{r.get('seeds', '-')} | {training} | {r['wall_s']:.0f} s |"
                  f" {r['hardware']} ({r['settings']}) |")
+  lines += ["", _left_out_line(records)]
   lines += ["", "Each row: `.venv/bin/python bench/results.py --tasks=<task> "
             "--rows=<method>`, plus `--prompt_lr=<lr>` for a prompt row "
-            "whose lr is not 0.3; the exact command is in the row's JSON "
-            "in bench/results/.", "", END]
+            "whose lr is not 0.3; `make_run` is the row `make run` stores "
+            "(its gin config `gin_configs/demo/sst2_smollm2.gin`). The exact "
+            "command, optimizer settings, train log and truncation counts "
+            "are in each row's JSON in bench/results/.", "", END]
   return "\n".join(lines)
 
 
+def _training_cell(r: dict) -> str:
+  """Steps, optimizer (with Adafactor's decay offset), final loss and how
+  many train rows were truncated to the input length."""
+  if "train_steps" not in r:
+    return "-"
+  opt = r.get("optimizer", {})
+  name = opt.get("name", "optimizer not recorded (an older row),")
+  if name == "adafactor":
+    name += f" (decay offset {opt['decay_offset']:,})"
+  cell = (f"{r['train_steps']} steps x {r['batch']}, {name} lr "
+          f"{r['learning_rate']:g}, final loss {r['final_train_loss']:.3f}")
+  if "truncated_train_rows" in r:
+    cell += (f", {r['truncated_train_rows']} of {r['train_rows']} train rows"
+             " truncated")
+  return cell
+
+
+def _left_out_line(records: list[dict]) -> str:
+  """The (task, method) rows with no stored record, per task (or none)."""
+  done = {(r["task_key"], r["row"]) for r in records}
+  parts = []
+  for key, task in TASKS.items():
+    rows = [row for row in ROWS if (key, row) not in done
+            and (row != "icl_bench2" or key == "sst2")]
+    if rows:
+      parts.append(f"{task.name}: {', '.join(rows)}")
+  return ("Left out (not run here): " + "; ".join(parts) + "."
+          if parts else "Left out (not run here): none.")
+
+
+def _write_row(path: pathlib.Path, record: dict) -> None:
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(record, indent=1) + "\n")
+  tmp.replace(path)
+
+
 def write_markdown() -> None:
-  text = RESULTS_MD.read_text()
-  if BEGIN not in text or END not in text:
-    raise SystemExit(f"{RESULTS_MD}: missing the {BEGIN} / {END} markers")
-  head, rest = text.split(BEGIN, 1)
-  tail = rest.split(END, 1)[1]
-  tmp = RESULTS_MD.with_suffix(".md.tmp")
-  tmp.write_text(head + render() + tail)
-  tmp.replace(RESULTS_MD)
+  body = render().removeprefix(BEGIN).removesuffix(END)
+  markdown_section.replace_section(RESULTS_MD, BEGIN, END, body)
 
 
 def main(argv=None) -> None:
@@ -262,8 +351,19 @@ def main(argv=None) -> None:
                       "paper's optimizer, lr 0.3)")
   parser.add_argument("--force", action="store_true")
   parser.add_argument("--render", action="store_true")
+  parser.add_argument("--record_make_run", type=pathlib.Path, default=None,
+                      help="store the row of a finished `make run` job "
+                      "from its run directory")
+  parser.add_argument("--wall_s", type=float, default=None,
+                      help="with --record_make_run: its wall-clock seconds")
   args = parser.parse_args(argv)
-  if args.render:
+  if args.record_make_run:
+    record = record_make_run(args.record_make_run, args.wall_s)
+    _write_row(OUT_DIR / "sst2__make_run.json", record)
+    print(f"stored bench/results/sst2__make_run.json: zero-shot "
+          f"{record['zero_shot_accuracy']:.2f}% -> prompt "
+          f"{record['accuracy']:.2f}%, {record['wall_s']:.0f} s")
+  if args.render or args.record_make_run:
     write_markdown()
     return
   settings = args.settings or ("cpu" if jax.default_backend() == "cpu"
@@ -288,9 +388,7 @@ def main(argv=None) -> None:
                              f"--settings={settings}"
                              + (f" --prompt_lr={args.prompt_lr}"
                                 if args.prompt_lr else "")))
-      tmp = path.with_suffix(".tmp")
-      tmp.write_text(json.dumps(record, indent=1) + "\n")
-      tmp.replace(path)
+      _write_row(path, record)
       print(json.dumps(record), flush=True)
   write_markdown()
 
