@@ -20,13 +20,18 @@ test: venv
 
 # Main job: train a soft prompt (P=20) for the real SmolLM2-135M on SST-2,
 # then rank-classify the 872 dev rows without and with it (prints one line:
-# zero-shot A% -> prompt B%). Under 10 minutes on 2 CPU cores.
+# zero-shot A% -> prompt B%), then store that result as a row
+# (bench/results/sst2__make_run.json, rendered into docs/RESULTS.md).
 DEMO := --gin_file=demo/sst2_smollm2.gin
 run: venv
 	rm -rf runs/demo_sst2_smollm2
-	$(VPY) -m prompt_jax.main --mode=train --gin_file=runs/prompt_train.gin $(DEMO)
+	start=$$(date +%s) && \
+	$(VPY) -m prompt_jax.main --mode=train --gin_file=runs/prompt_train.gin \
+	  $(DEMO) && \
 	$(VPY) -m prompt_jax.main --mode=classify --gin_file=runs/classify.gin \
-	  $(DEMO) --gin.PROMPT_FILE="'latest'" --gin.COMPARE_ZERO_SHOT=True
+	  $(DEMO) --gin.PROMPT_FILE="'latest'" --gin.COMPARE_ZERO_SHOT=True && \
+	$(VPY) bench/results.py --record_make_run=runs/demo_sst2_smollm2 \
+	  --wall_s=$$(( $$(date +%s) - start ))
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
