@@ -142,3 +142,15 @@ def backbone_shaped_leaves(tree: Any, frozen: Any, trainable: Any
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
   return [f"{jax.tree_util.keystr(path)} {list(shape(x))}"
           for path, x in flat if shape(x) in backbone]
+
+
+def load_bench_script(name: str):
+  """Imports `bench/<name>.py` (the bench folder is not a package) as a
+  module, for tests of the results scripts."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -5,21 +5,11 @@ without a shared context, meta-training of a prompt on the split's train
 tasks, the stored records and their Markdown), on the SmolLM2 tokenizer.
 """
 
-import importlib.util
 import json
-import pathlib
 
-_PATH = pathlib.Path(__file__).parents[1] / "bench" / "metaicl_results.py"
+from prompt_jax import testing
 
-
-def _load_bench():
-  spec = importlib.util.spec_from_file_location("metaicl_results", _PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-bench = _load_bench()
+bench = testing.load_bench_script("metaicl_results")
 
 
 def test_smoke_rows_are_stored_and_rendered(tmp_path):

@@ -1,20 +1,9 @@
 """bench/results.py renders what its stored rows record: the optimizer
 (with Adafactor's decay offset), truncated train rows, the rows not run."""
 
-import importlib.util
-import pathlib
+from prompt_jax import testing
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "results.py"
-
-
-def _load():
-  spec = importlib.util.spec_from_file_location("bench_results", _PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-results = _load()
+results = testing.load_bench_script("results")
 
 
 def test_training_cell_shows_optimizer_offset_and_truncation():

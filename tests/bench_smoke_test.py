@@ -1,24 +1,12 @@
 """Smoke test of `bench/train_throughput.py` on the tiny CPU configuration."""
 
-import importlib.util
-import pathlib
-
 import jax
 import pytest
 
+from prompt_jax import testing
 from prompt_jax.t5 import config as config_lib
 
-_PATH = pathlib.Path(__file__).parents[1] / "bench" / "train_throughput.py"
-
-
-def _load_bench():
-  spec = importlib.util.spec_from_file_location("train_throughput", _PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-bench = _load_bench()
+bench = testing.load_bench_script("train_throughput")
 
 _POSITIVE = ("batch", "in_len", "text_len", "prompt_len", "out_len",
              "trainable", "total", "num_devices", "step_s", "step_s_mean",
@@ -85,10 +73,7 @@ def test_analytic_flops_agree_with_the_anchor_flop_counter(size, ex_per_s,
 
 def test_decoder_cpu_bench_tiny_preset_two_steps(capsys):
   """bench/decoder_cpu_bench.py end to end on a random tiny decoder."""
-  spec = importlib.util.spec_from_file_location(
-      "decoder_cpu_bench", _PATH.parent / "decoder_cpu_bench.py")
-  decoder_bench = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(decoder_bench)
+  decoder_bench = testing.load_bench_script("decoder_cpu_bench")
   row = decoder_bench.main(["--preset", "tiny", "--steps", "2", "--warmup",
                             "0"])
   assert row["anchor"] == "skipped (--anchor skip)"  # Presets skip it.
