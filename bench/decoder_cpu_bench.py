@@ -59,13 +59,13 @@ import jax
 import numpy as np
 import optax
 
-from prompt_jax import decoder_model
 from prompt_jax import partitioning
 from prompt_jax import trainer as trainer_lib
-from prompt_jax.decoder import config as config_lib
-from prompt_jax.decoder import gguf_loading
-from prompt_jax.decoder import network
-from prompt_jax.decoder import testing
+from prompt_jax.backbones.llama import config as config_lib
+from prompt_jax.backbones.llama import gguf_loading
+from prompt_jax.backbones.llama import network
+from prompt_jax.testing import llama as testing
+from prompt_jax.methods.prompt_tuning import method as prompt_tuning_lib
 
 ANCHOR = (pathlib.Path(__file__).resolve().parents[2] / "shared" / "bench"
           / "anchor_peft_smollm2_cpu.py")
@@ -152,7 +152,7 @@ class OurStep:
                                         sample)["params"], mesh, rules)
     self._frozen = jax.device_put(params, shardings)
     load_s = time.perf_counter() - start
-    model = decoder_model.PromptDecoderModel(cfg, args.prompt_len)
+    model = prompt_tuning_lib.decoder_model(cfg, args.prompt_len)
     trainer = trainer_lib.Trainer(
         model, optax.adamw(args.learning_rate, weight_decay=0.01), mesh,
         rules, partitioning.shardings_of(self._frozen))

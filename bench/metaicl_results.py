@@ -1,7 +1,7 @@
 """MetaICL on unseen tasks with SmolLM2-135M: the rows of docs/RESULTS.md.
 
 For a MetaICL split (`hr_to_lr`, `class_to_class`), six rows, each scored by
-`prompt_jax.unseen_decoder_eval` on the split's unseen test tasks (rank
+`prompt_jax.evaluators.unseen_decoder` on the split's unseen test tasks (rank
 classification over each row's options, MetaICL's macro-F1 or accuracy,
 mean and worst over the demonstration seeds):
 
@@ -49,15 +49,17 @@ sys.path.insert(0, str(ROOT))
 
 # pylint: disable=wrong-import-position
 from bench import markdown_section  # pylint: disable=wrong-import-position
-from prompt_jax import array_batches
+from prompt_jax.data import array_batches
 from prompt_jax import optim
-from prompt_jax import run_setup
+from prompt_jax import setup as run_setup
 from prompt_jax import trainer as trainer_lib
-from prompt_jax import unseen_decoder_eval as ude
+from prompt_jax.evaluators import unseen_decoder as ude
 from prompt_jax.icl import kshot_format
 from prompt_jax.icl import metaicl_pool
 from prompt_jax.icl import metaicl_splits
-from prompt_jax.prompts import specs
+from prompt_jax.methods.prompt_tuning import specs
+from prompt_jax.methods import full_finetune
+from prompt_jax.methods import prompt_tuning
 # pylint: enable=wrong-import-position
 
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -170,7 +172,8 @@ def meta_train_examples(split: str, s: Settings, encode
 def meta_train(run: run_setup.Run, tasks: dict[str, list], part: str,
                s: Settings) -> tuple[object, list[dict]]:
   """Trains `part` ('prompt' or 'full'); returns (trainable, loss log)."""
-  run = run_setup.with_trainable_part(run, part)
+  if part == "full":
+    run = run_setup.with_method(run, full_finetune.FullFinetune())
   if part == "prompt":
     optimizer = optim.make_optimizer(name="adafactor",
                                      learning_rate=s.prompt_lr,
@@ -242,8 +245,9 @@ def _json_default(value):
 
 def _build(backbone: run_setup.BackboneConfig, s: Settings
            ) -> run_setup.Run:
-  return run_setup.build_run(backbone=backbone, prompt=run_setup.PromptConfig(
-      s.prompt_length, specs.sampled_vocab(), "prefix"))
+  return run_setup.build_run(
+      backbone=backbone, method=prompt_tuning.PromptTuning(
+          s.prompt_length, specs.sampled_vocab(), "prefix"))
 
 
 _RUNS = {}

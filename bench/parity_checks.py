@@ -1,6 +1,6 @@
 """The parity-checks table of docs/RESULTS.md, from measured numbers.
 
-Runs every check of `prompt_jax.parity_checks` (the functions the parity tests
+Runs every check of `prompt_jax.testing.parity_checks` (the functions the parity tests
 call, with the bounds they assert) in the suite's setting (8 fake CPU devices,
 fp32), stores the rows in bench/results/parity/parity_checks.json and rewrites
 the section of docs/RESULTS.md between the `parity_checks.py` markers. Checks
@@ -37,8 +37,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import markdown_section  # pylint: disable=g-import-not-at-top,wrong-import-position
-from prompt_jax import data_root as data_root_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from prompt_jax import parity_checks as pc  # pylint: disable=g-import-not-at-top,wrong-import-position
+from prompt_jax.data import root as data_root_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from prompt_jax.testing import parity_checks as pc  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 OUT = ROOT / "bench" / "results" / "parity" / "parity_checks.json"
 RESULTS_MD = ROOT / "docs" / "RESULTS.md"

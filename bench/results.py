@@ -4,7 +4,7 @@ One row per (task, method): zero-shot, k-shot in-context learning (k = 2, 8,
 16; seeds 0, 1, 2), soft prompt tuning (P = 20 and 100, class-label init)
 and full fine-tuning, on SST-2, RTE and BoolQ (tasks `*_smollm2_v100`,
 `tasks/smollm2_tasks.py`). Every row is rank classification over the task's
-target words (`prompt_jax.option_scoring`), the protocol of the transformers
+target words (`prompt_jax.scoring.options`), the protocol of the transformers
 reference in ../shared/bench/README.md.
 
 Each finished row is stored as `bench/results/<task>__<row>.json` (with its
@@ -39,15 +39,17 @@ import seqio  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import tasks  # pylint: disable=unused-import,wrong-import-position
 from prompt_jax import checkpoints  # pylint: disable=wrong-import-position
-from prompt_jax import data as data_lib  # pylint: disable=wrong-import-position
-from prompt_jax import decoder_model  # pylint: disable=wrong-import-position
+from prompt_jax.data import seqio_batches as data_lib  # pylint: disable=wrong-import-position
 from prompt_jax import optim  # pylint: disable=wrong-import-position
-from prompt_jax import option_scoring  # pylint: disable=wrong-import-position
-from prompt_jax import run_setup  # pylint: disable=wrong-import-position
+from prompt_jax.scoring import options as option_scoring  # pylint: disable=wrong-import-position
+from prompt_jax import setup as run_setup  # pylint: disable=wrong-import-position
 from prompt_jax import train as train_lib  # pylint: disable=wrong-import-position
-from prompt_jax.decoder import gguf_loading  # pylint: disable=wrong-import-position
+from prompt_jax.backbones.llama import gguf_loading  # pylint: disable=wrong-import-position
 from prompt_jax.icl import demo_selection  # pylint: disable=wrong-import-position
-from prompt_jax.prompts import specs  # pylint: disable=wrong-import-position
+from prompt_jax.methods.prompt_tuning import specs  # pylint: disable=wrong-import-position
+from prompt_jax.methods.prompt_tuning import method as prompt_tuning_lib  # pylint: disable=wrong-import-position
+from prompt_jax.methods import prompt_tuning  # pylint: disable=wrong-import-position
+from prompt_jax.methods import full_finetune  # pylint: disable=wrong-import-position
 from tasks import smollm2_tasks  # pylint: disable=wrong-import-position
 from tasks import vocab  # pylint: disable=wrong-import-position
 from bench import markdown_section  # pylint: disable=wrong-import-position
@@ -103,7 +105,7 @@ class Backbone:
     self.tokenizer = vocab.smollm2_vocabulary().tokenizer
 
   def model(self, prompt_length: int = 1):
-    return decoder_model.PromptDecoderModel(self.cfg, prompt_length)
+    return prompt_tuning_lib.decoder_model(self.cfg, prompt_length)
 
   def encode(self, text: str) -> list[int]:
     return list(self.tokenizer.encode(text))
@@ -168,13 +170,14 @@ def _train(backbone_cfg, task: TaskSpec, settings: dict, name: str, *,
       trim_to_multiple=16)
   result = train_lib.train(
       model_dir=str(model_dir), backbone=backbone_cfg,
-      prompt=run_setup.PromptConfig(prompt_length,
-                                    specs.class_labels(labels), "prefix"),
+      method=(prompt_tuning.PromptTuning(
+          prompt_length, specs.class_labels(labels), "prefix")
+              if part == "prompt" else full_finetune.FullFinetune()),
       train_dataset_cfg=dataset, optimizer=optim.make_optimizer(**optimizer),
       total_steps=settings["steps"],
       checkpoint_cfg=checkpoints.CheckpointConfig(
           save_every_steps=settings["steps"], keep=1),
-      log_every_steps=25, seed=0, trainable_part=part)
+      log_every_steps=25, seed=0)
   recorded = {"run_dir": str(model_dir.relative_to(ROOT)),
               "dataset": dataclasses.asdict(dataset), "seed": 0,
               "prompt_init": "class_labels" if part == "prompt" else None,

@@ -41,12 +41,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_jax import model as model_lib
 from prompt_jax import optim
 from prompt_jax import partitioning
 from prompt_jax import trainer as trainer_lib
-from prompt_jax.t5 import config as config_lib
-from prompt_jax.t5 import network
+from prompt_jax.backbones.t5 import config as config_lib
+from prompt_jax.backbones.t5 import network
+from prompt_jax.methods.prompt_tuning import method as prompt_tuning_lib
 
 # Size name -> T5 1.1 preset; `tiny` keeps the real vocabulary (32128).
 SIZES = {"tiny": "t5_1_1_tiny", "small": "t5_1_1_small",
@@ -214,7 +214,7 @@ def build(bc: BenchConfig, cfg: config_lib.T5Config) -> Setup:
   rules = partitioning.standard_logical_axis_rules("model")
   frozen = partitioning.init_params(network.T5Transformer(cfg),
                                     jax.random.key(bc.seed), mesh, rules)
-  model = model_lib.PromptT5Model(cfg, bc.prompt_len)
+  model = prompt_tuning_lib.t5_model(cfg, bc.prompt_len)
   optimizer = optim.make_optimizer(name="adamw",
                                    learning_rate=bc.learning_rate,
                                    weight_decay=bc.weight_decay)
@@ -374,7 +374,7 @@ def configs_from_args(argv: Sequence[str]) -> list[BenchConfig]:
   mesh = args.mesh or (jax.device_count(), 1)
   sizes = args.sizes or defaults["sizes"]
   problems = [f"unknown size {s!r} (known: {', '.join(SIZES)} or a preset "
-              f"in prompt_jax.t5.config.PRESETS)" for s in sizes
+              f"in prompt_jax.backbones.t5.config.PRESETS)" for s in sizes
               if s not in SIZES and s not in config_lib.PRESETS]
   if mesh[0] * mesh[1] != jax.device_count():
     problems.append(f"--mesh {mesh[0]},{mesh[1]} needs {mesh[0] * mesh[1]} "

@@ -1,12 +1,13 @@
-"""Orbax checkpoints of the trainable state, plus prompt-only artifacts.
+"""Orbax checkpoints of the trainable state; the method exports its artifact.
 
-Only what training changes is saved: the trainable params (the prompt),
+Only what training changes is saved: the trainable params (the method's),
 the optimizer state, the step and the data position, so a checkpoint of an
 XXL run is a few megabytes. The frozen backbone always comes from its initial
 checkpoint and is never re-saved.
 
 Writes are atomic: Orbax finalises a step directory by renaming a temporary
-one, and `.npy` prompt exports go through a temporary file and `os.replace`.
+one; method artifacts (`methods.artifacts`) go through a temporary file and
+`os.replace`.
 A SIGTERM (preemption on TPU VMs) sets a flag that the trainer polls to make
 one last save before exiting (`PreemptionWatcher`).
 """
@@ -17,14 +18,11 @@ import logging
 import os
 import pathlib
 import signal
-import tempfile
-from typing import Any
+from typing import Any, Callable
 
-import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
-from prompt_jax import jsonl_io
+from prompt_jax.data import jsonl as jsonl_io
 from prompt_jax.types import PyTree
 
 _LOG = logging.getLogger(__name__)
@@ -38,11 +36,12 @@ class CheckpointConfig:
   Attributes:
     save_every_steps: save when `step % save_every_steps == 0`.
     keep: number of most recent checkpoints kept on disk.
-    export_prompts: also write `prompts/prompt_step_<N>.npy` at each save.
+    export_artifacts: also write the method's small artifact at each save
+      (prompt tuning: `prompts/prompt_step_<N>.npy`).
   """
   save_every_steps: int = 1000
   keep: int = 3
-  export_prompts: bool = True
+  export_artifacts: bool = True
 
 
 class TrainCheckpointer:
@@ -72,15 +71,18 @@ class TrainCheckpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: PyTree, data_position: dict[str, Any],
-           prompt: np.ndarray | None = None) -> None:
-    """Saves `state` (trainable tree only) and the data position at `step`."""
+           export: Callable[[pathlib.Path], Any] | None = None,
+           export_path: pathlib.Path | None = None) -> None:
+    """Saves `state` (trainable tree only) and the data position at `step`;
+    then `export(export_path)` writes the method's artifact (if both are
+    given and the config exports artifacts)."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data_position=ocp.args.JsonSave(data_position))
     self._manager.save(step, args=args, force=True)
     self._manager.wait_until_finished()
-    if prompt is not None and self.cfg.export_prompts:
-      export_prompt(self.model_dir / "prompts" / f"prompt_step_{step}.npy",
-                    prompt)
+    if export is not None and export_path is not None and (
+        self.cfg.export_artifacts):
+      export(export_path)
 
   def restore(self, abstract_state: PyTree, step: int | None = None
               ) -> tuple[PyTree, dict[str, Any]]:
@@ -155,50 +157,6 @@ def check_resume_settings(model_dir: str | os.PathLike,
                  "the settings", model_dir, SETTINGS_FILE)
   jsonl_io.write_text_atomic(path, json.dumps(current, indent=1,
                                               sort_keys=True) + "\n")
-
-
-def export_prompt(path: str | os.PathLike, prompt: np.ndarray) -> pathlib.Path:
-  """Atomically writes a prompt [P, H] as `.npy` (temp file + rename)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.save(f, np.asarray(jax.device_get(prompt)))
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-  return path
-
-
-def latest_prompt_file(model_dir: str | os.PathLike) -> pathlib.Path:
-  """The `.npy` prompt of the highest saved step under `model_dir/prompts`."""
-  folder = pathlib.Path(model_dir) / "prompts"
-  files = sorted(folder.glob("prompt_step_*.npy"),
-                 key=lambda p: int(p.stem.rsplit("_", 1)[1]))
-  if not files:
-    raise FileNotFoundError(f"no prompt_step_*.npy under {folder}; train "
-                            "first or pass a prompt file")
-  return files[-1]
-
-
-def load_prompt(path: str | os.PathLike,
-                expected_shape: tuple[int, ...] | None = None) -> np.ndarray:
-  """Reads a prompt `.npy`; checks its shape against [P, H] if given."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"prompt file {path} does not exist")
-  try:
-    prompt = np.load(path, allow_pickle=False)
-  except ValueError as e:
-    raise ValueError(f"{path}: not a valid .npy array ({e})") from None
-  if expected_shape is not None and tuple(prompt.shape) != tuple(
-      expected_shape):
-    raise ValueError(f"{path}: prompt shape {tuple(prompt.shape)} does not "
-                     f"match the model's expected {tuple(expected_shape)}")
-  return prompt
 
 
 class PreemptionWatcher:

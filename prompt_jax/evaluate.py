@@ -1,23 +1,22 @@
-"""The `evaluate` entry point: a saved prompt on any registered task.
+"""The `evaluate` entry point: a trained method on any registered task.
 
-Loads the frozen backbone and a prompt-only artifact (`.npy`: the latest one
-of a run directory, or a given file), then reports teacher-forced loss and
+Loads the frozen backbone and the method's small artifact (prompt tuning:
+a `.npy` prompt; the latest one of a run directory, or a given file), then reports teacher-forced loss and
 token accuracy plus seqio's decode-based task metrics (per task of a
 mixture). Writes `eval/<task>.json` and `eval/<task>_predictions.jsonl`
 under the model directory. Gin-free; `main.py --mode=eval` binds it.
 
-`span_constraint=True` decodes only spans of the passage after "context:"
-in each input, or "unanswerable" (`tasks.squad`), e.g. for
-`squad_v2_span_v100`:
+`constraint_fn` restricts decoding; tasks supply their own, e.g.
+`tasks.squad.span_constraint_fn()` decodes only spans of the passage after
+"context:" in each input, or "unanswerable", for `squad_v2_span_v100`:
 
-  evaluate(model_dir=..., backbone=..., prompt=...,
+  evaluate(model_dir=..., backbone=..., method=...,
            dataset_cfg=DatasetConfig("squad_v2_span_v100",
                                      {"inputs": 512, "targets": 32},
                                      "test_from_val", 32),
-           span_constraint=True)
+           constraint_fn=squad.span_constraint_fn())
 """
 
-import functools
 import json
 import pathlib
 from typing import Any
@@ -25,34 +24,20 @@ from typing import Any
 import jax
 import seqio
 
-from prompt_jax import checkpoints
-from prompt_jax import constrained_decoding
-from prompt_jax import data as data_lib
-from prompt_jax import evaluation
-from prompt_jax import predicting
-from prompt_jax import run_setup
+from prompt_jax.data import seqio_batches as data_lib
+from prompt_jax.evaluators import teacher_forced as evaluation
+from prompt_jax.decoding import predictor as predicting
+from prompt_jax import setup as run_setup
 from prompt_jax import trainer as trainer_lib
-from tasks import squad
-from tasks import vocab
+from prompt_jax.methods import base as method_base
 
 
 def load_trainable(run: run_setup.Run, model_dir: str,
-                   prompt_file: str | None) -> dict:
-  """The trainable tree from a prompt `.npy` (shape-checked)."""
-  path = prompt_file or checkpoints.latest_prompt_file(model_dir)
-  shape = (run.model.prompt_length, run.config.emb_dim)
-  prompt = checkpoints.load_prompt(path, shape)
-  return {"prompt": {"prompt": jax.numpy.asarray(prompt)}}
-
-
-def span_constraint_fn() -> predicting.ConstraintFn:
-  """The `Predictor` constraint: a passage span (after "context:") or
-  "unanswerable" (`tasks.squad`), then EOS."""
-  return functools.partial(
-      constrained_decoding.span_constraint_after_marker,
-      marker_ids=squad.context_marker_ids(),
-      eos_id=vocab.t5_vocabulary().eos_id,
-      extra_sequences=[squad.no_answer_ids()])
+                   artifact_file: str | None) -> dict:
+  """The trainable tree from the method's artifact (`artifact_file`, else
+  the latest one under `model_dir`), checked against the model."""
+  path = artifact_file or run.method.latest_artifact(model_dir)
+  return run.method.load_artifact(path, run.model.lm)
 
 
 def decode_metrics(predictor: predicting.Predictor, trainable, frozen,
@@ -88,19 +73,21 @@ def _write(out_dir: pathlib.Path, name: str, metrics: dict,
 
 
 def evaluate(*, model_dir: str, backbone: run_setup.BackboneConfig,
-             prompt: run_setup.PromptConfig,
+             method: method_base.Method,
              dataset_cfg: data_lib.DatasetConfig,
              prompt_file: str | None = None,
              mesh_cfg: run_setup.MeshConfig = run_setup.MeshConfig(),
              max_decode_length: int | None = None,
              decode_method: str = "greedy", num_beams: int = 4,
-             span_constraint: bool = False) -> dict[str, Any]:
-  """Evaluates a prompt; returns {task: metrics} plus 'teacher_forced'.
+             constraint_fn: predicting.ConstraintFn | None = None
+             ) -> dict[str, Any]:
+  """Evaluates a trained method; returns {task: metrics} plus 'teacher_forced'.
 
-  `span_constraint`: decode with `span_constraint_fn()` (span-extraction
-  tasks such as squad_v2_span_v100; see the module docs).
+  `constraint_fn`: the `Predictor`'s decoding constraint, e.g.
+  `tasks.squad.span_constraint_fn()` for span extraction (module docs);
+  None decodes freely.
   """
-  run = run_setup.build_run(backbone=backbone, prompt=prompt,
+  run = run_setup.build_run(backbone=backbone, method=method,
                             mesh_cfg=mesh_cfg)
   trainable = load_trainable(run, model_dir, prompt_file)
   frozen_shardings = jax.tree.map(lambda x: x.sharding, run.frozen)
@@ -114,7 +101,7 @@ def evaluate(*, model_dir: str, backbone: run_setup.BackboneConfig,
                          dataset_cfg.task_feature_lengths["targets"]),
       method=decode_method, num_beams=num_beams,
       batch_size=dataset_cfg.batch_size,
-      constraint_fn=span_constraint_fn() if span_constraint else None)
+      constraint_fn=constraint_fn)
   metrics, outputs = decode_metrics(predictor, trainable, run.frozen,
                                     dataset_cfg)
   out_dir = pathlib.Path(model_dir) / "eval"

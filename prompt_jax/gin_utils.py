@@ -1,8 +1,11 @@
 """Gin plumbing in ONE place: search path, imports before parsing, dumps.
 
 Library modules carry no gin decorators; configs bind them through
-`from __gin__ import dynamic_registration`. Everything a config may name is
-imported here before parsing, so late imports cannot break a parse.
+`from __gin__ import dynamic_registration`. Every library module a config may
+name is imported here before parsing, so late imports cannot break a parse.
+The seqio tasks are not: the library does not import `tasks`. Each run file
+under `gin_configs/runs/` imports `tasks` itself (registering every task)
+before anything it configures runs.
 """
 
 import difflib
@@ -14,7 +17,7 @@ from typing import Sequence
 import gin
 from gin import config as gin_config
 
-from prompt_jax import jsonl_io
+from prompt_jax.data import jsonl as jsonl_io
 
 
 class _QuietSearchPathMisses(logging.Filter):
@@ -29,12 +32,18 @@ GIN_CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin_configs"
 
 
 def import_configurables() -> None:
-  """Imports every module that gin files may reference, and the tasks."""
+  """Imports every library module that gin files may reference."""
   # pylint: disable=g-import-not-at-top,unused-import
-  import tasks  # Registers seqio tasks (the only registration point).
-  from prompt_jax import checkpoints, data, optim, run_setup, schedules
-  from prompt_jax import evaluate, infer, train, unseen_eval
-  from prompt_jax.prompts import specs
+  from prompt_jax import checkpoints
+  from prompt_jax.data import seqio_batches as data
+  from prompt_jax import optim
+  from prompt_jax import setup as run_setup
+  from prompt_jax import schedules
+  from prompt_jax import evaluate
+  from prompt_jax import infer
+  from prompt_jax import train
+  from prompt_jax.evaluators import unseen as unseen_eval
+  from prompt_jax.methods.prompt_tuning import specs
   # pylint: enable=g-import-not-at-top,unused-import
 
 

@@ -6,7 +6,7 @@ one JSON line per example to `output_file` (atomically; an existing file
 needs `overwrite=True`): `prediction` (decoded text and ids) in 'predict'
 mode, `score` (summed target log-prob) in 'score' mode.
 
-File text is tokenized as `python -m prompt_jax.score` does: T5 appends EOS
+File text is tokenized as `python -m prompt_jax.score_cli` does: T5 appends EOS
 to inputs and targets; a decoder gets the plain text (no EOS; BOS first
 when its tokenizer adds one), so with the same prompt (or none: a
 zero-length prompt file) both give the same scores. Task splits keep the
@@ -20,20 +20,21 @@ from typing import Any
 import jax
 import numpy as np
 
-from prompt_jax import data as data_lib
-from prompt_jax import decoder_model
 from prompt_jax import evaluate as evaluate_lib
-from prompt_jax import jsonl_io
-from prompt_jax import predicting
-from prompt_jax import run_setup
-from prompt_jax import scoring
+from prompt_jax import models
+from prompt_jax import setup as run_setup
+from prompt_jax.data import jsonl as jsonl_io
+from prompt_jax.data import seqio_batches as data_lib
+from prompt_jax.decoding import predictor as predicting
+from prompt_jax.methods import base as method_base
+from prompt_jax.scoring import scorer as scoring
 
 MODES = ("predict", "score")
 
 
 def _ids(path: str, line: int, key: str, value: Any, tokenizer,
          decoder: bool) -> list[int]:
-  """Ids of one field, as `prompt_jax.score` makes them.
+  """Ids of one field, as `prompt_jax.score_cli` makes them.
 
   Text: T5 appends EOS; a decoder gets the plain text (scored as a
   continuation, or continued by generation). Id lists are used as given.
@@ -90,7 +91,7 @@ def _task_rows(dataset_cfg: data_lib.DatasetConfig, tokenizer
 
 
 def infer(*, model_dir: str, backbone: run_setup.BackboneConfig,
-          prompt: run_setup.PromptConfig, output_file: str,
+          method: method_base.Method, output_file: str,
           dataset_cfg: data_lib.DatasetConfig | None = None,
           input_file: str | None = None, mode: str = "predict",
           prompt_file: str | None = None,
@@ -104,12 +105,12 @@ def infer(*, model_dir: str, backbone: run_setup.BackboneConfig,
   if (dataset_cfg is None) == (input_file is None):
     raise ValueError("infer: give exactly one of dataset_cfg or input_file")
   jsonl_io.check_output_path(output_file, overwrite)
-  run = run_setup.build_run(backbone=backbone, prompt=prompt,
+  run = run_setup.build_run(backbone=backbone, method=method,
                             mesh_cfg=mesh_cfg)
   trainable = evaluate_lib.load_trainable(run, model_dir, prompt_file)
   if input_file is not None:
-    rows, ids = _file_rows(input_file, mode, run.tokenizer, isinstance(
-        run.model, decoder_model.PromptDecoderModel))
+    rows, ids = _file_rows(input_file, mode, run.tokenizer,
+                           run.model.family == models.DECODER_ONLY)
   else:
     rows, ids = _task_rows(dataset_cfg, run.tokenizer)
   predictor = predicting.Predictor(

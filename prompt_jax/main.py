@@ -45,7 +45,11 @@ def _parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def _entry(mode: str):
   # pylint: disable=g-import-not-at-top
-  from prompt_jax import classify, evaluate, infer, train, unseen_eval
+  from prompt_jax.evaluators import classify
+  from prompt_jax import evaluate
+  from prompt_jax import infer
+  from prompt_jax import train
+  from prompt_jax.evaluators import unseen as unseen_eval
   return {"train": train.train, "eval": evaluate.evaluate,
           "infer": infer.infer, "unseen": unseen_eval.evaluate_unseen,
           "classify": classify.classify}[mode]

@@ -8,7 +8,7 @@ params, `nn.get_partition_spec` reads their logical names, and
 `out_shardings` of a jitted init (params are born sharded) and the
 `in_shardings` of jitted steps.
 
-Activation constraints (`nn.with_logical_constraint` in `prompt_jax.t5`) only
+Activation constraints (`nn.with_logical_constraint` in `prompt_jax.backbones.t5`) only
 take effect while logical axis rules *and* a mesh are in context; Flax
 silently drops them otherwise (t5x's CPU no-op, STYLE.md pitfall 10).
 `MeshJitted` therefore enters both around every call and every `lower`, so

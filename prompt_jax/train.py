@@ -1,8 +1,9 @@
-"""The `train` entry point: prompt tuning with checkpoints and resumption.
+"""The `train` entry point: any method, with checkpoints and resumption.
 
 Gin-free; `main.py` wraps it with `gin.configurable`. A run directory holds
-`checkpoints/` (Orbax, trainable state + data position), `prompts/`
-(`prompt_step_<N>.npy`), `metrics.jsonl`, `tb/` and `config.gin`.
+`checkpoints/` (Orbax, trainable state + data position), the method's small
+artifacts (prompt tuning: `prompts/prompt_step_<N>.npy`), `metrics.jsonl`,
+`tb/` and `config.gin`.
 Restarting with the same directory resumes from the latest checkpoint and
 replays exactly the batches an uninterrupted run would have seen.
 
@@ -12,11 +13,11 @@ TensorFlow are not installed, from any resumable iterator
 
   mixture = lambda p: array_batches.MixtureBatches(
       tasks, batch_size=16, max_length=1024, cap=16384, start_position=p)
-  train(model_dir=..., backbone=..., prompt=..., optimizer=...,
+  train(model_dir=..., backbone=..., method=..., optimizer=...,
         total_steps=30000, train_batches_fn=mixture,
         target_length=mixture(0).max_target_length)
 
-`prompt_jax.data` and `prompt_jax.evaluation` (seqio, TensorFlow) are
+`prompt_jax.data.seqio_batches` and `prompt_jax.evaluators.teacher_forced` (seqio, TensorFlow) are
 imported only when a dataset config asks for them.
 """
 
@@ -34,11 +35,13 @@ import optax
 
 from prompt_jax import checkpoints
 from prompt_jax import metric_writers
-from prompt_jax import run_setup
+from prompt_jax import setup as run_setup
 from prompt_jax import trainer as trainer_lib
+from prompt_jax.methods import base as method_base
+from prompt_jax.methods import prompt_tuning
 
 if TYPE_CHECKING:
-  from prompt_jax import data as data_lib
+  from prompt_jax.data import seqio_batches as data_lib
 
 _LOG = logging.getLogger(__name__)
 
@@ -61,21 +64,26 @@ class _FiniteLossCheck:
   def add(self, step: int, loss: jax.Array) -> None:
     self._losses.append((step, loss))
 
-  def check(self, step: int, prompt) -> None:
+  def check(self, step: int, trainable) -> None:
     """Raises for the first non-finite loss since the last check, or for a
-    non-finite `prompt` (None: no prompt) at `step`."""
+    non-finite trainable tree at `step` (reduced on device)."""
     steps = [s for s, _ in self._losses]
     losses = jax.device_get([loss for _, loss in self._losses])
     self._losses = []
     bad = [s for s, loss in zip(steps, losses) if not np.isfinite(loss)]
-    prompt_ok = prompt is None or np.isfinite(
-        np.asarray(jax.device_get(prompt))).all()
-    if bad or not prompt_ok:
+    trainable_ok = bool(_all_finite(trainable))
+    if bad or not trainable_ok:
       what = (f"non-finite loss at step {bad[0]}" if bad else
-              f"non-finite prompt at step {step}")
+              f"non-finite trainable parameters at step {step}")
       raise NonFiniteLossError(
           f"{what}; stopping without saving this state (the last good "
           "checkpoint is kept)")
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jax.numpy.isfinite(x).all() for x in jax.tree.leaves(tree)]
+  return jax.numpy.all(jax.numpy.stack(leaves)) if leaves else True
 
 
 def _restore_or_init(ckpt, trainer, seed: int):
@@ -86,9 +94,10 @@ def _restore_or_init(ckpt, trainer, seed: int):
   except (ValueError, KeyError) as e:
     raise ValueError(
         f"checkpoint {ckpt.model_dir / 'checkpoints'} step "
-        f"{ckpt.latest_step()} does not match this model and prompt "
-        f"(P={trainer.model.prompt_length}, H={trainer.model.config.emb_dim}"
-        f"): {' '.join(str(e).split())[:300]}") from None
+        f"{ckpt.latest_step()} does not match this model and method "
+        f"({trainer.model.method.settings()}, H="
+        f"{trainer.model.config.emb_dim}): "
+        f"{' '.join(str(e).split())[:300]}") from None
   _LOG.info("resumed from step %d", int(state.step))
   return state, int(position["batches"])
 
@@ -111,7 +120,7 @@ def _open_batches(train_dataset_cfg: data_lib.DatasetConfig | None,
                   position: int) -> tuple[Iterator, int]:
   """(batches from `position` on, batch size for the ex/s log line)."""
   if train_dataset_cfg is not None:
-    from prompt_jax import data  # pylint: disable=g-import-not-at-top
+    from prompt_jax.data import seqio_batches as data  # pylint: disable=g-import-not-at-top
     return (data.TrainBatches(train_dataset_cfg, start_position=position),
             train_dataset_cfg.batch_size)
   batches = train_batches_fn(position)
@@ -131,21 +140,18 @@ def _check_divisible(batch_size: int, mesh) -> None:
                      f"{data} or set MESH_DATA")
 
 
-def _run_settings(train_dataset_cfg, batches, backbone, prompt,
-                  trainable_part: str, seed: int) -> dict[str, Any]:
+def _run_settings(train_dataset_cfg, batches, backbone,
+                  method: method_base.Method, seed: int) -> dict[str, Any]:
   """What defines the data stream and the trainable tree of a run."""
   data = (dataclasses.asdict(train_dataset_cfg) if train_dataset_cfg
           else getattr(batches, "settings", {"source": "train_batches_fn"}))
-  trainable = {"part": trainable_part, "backbone_preset": backbone.preset,
-               "backbone_kind": backbone.kind}
-  if trainable_part == "prompt":
-    trainable.update(prompt_length=prompt.length,
-                     prompt_position=prompt.position)
+  trainable = {"backbone_preset": backbone.preset,
+               "backbone_kind": backbone.kind, **method.settings()}
   return {"data": data, "seed": seed, "trainable": trainable}
 
 
 def train(*, model_dir: str, backbone: run_setup.BackboneConfig,
-          prompt: run_setup.PromptConfig,
+          method: method_base.Method = prompt_tuning.PromptTuning(),
           optimizer: optax.GradientTransformation, total_steps: int,
           train_dataset_cfg: data_lib.DatasetConfig | None = None,
           train_batches_fn: Callable[[int], Iterator] | None = None,
@@ -156,15 +162,15 @@ def train(*, model_dir: str, backbone: run_setup.BackboneConfig,
           mesh_cfg: run_setup.MeshConfig = run_setup.MeshConfig(),
           num_microbatches: int = 1, log_every_steps: int = 10,
           eval_every_steps: int | None = None, seed: int = 0,
-          trainable_part: str = "prompt",
           allow_changed_settings: bool = False,
           on_start: Callable[[], None] | None = None) -> dict[str, Any]:
-  """Trains a soft prompt on a frozen backbone (or, with
-  `trainable_part='full'`, every backbone weight and no prompt).
+  """Trains `method`'s parameters on a frozen backbone (a soft prompt,
+  LoRA, ...; with full fine-tuning every backbone weight).
 
   The arguments not listed do what their names say.
 
   Args:
+    method: the tuning method (`prompt_jax.methods.METHODS`).
     train_dataset_cfg: a seqio task or mixture to read (needs seqio).
     train_batches_fn: instead, `start position -> iterator of numpy
       batches` with a `.position` property (batches consumed, saved with
@@ -196,9 +202,8 @@ def train(*, model_dir: str, backbone: run_setup.BackboneConfig,
   if train_dataset_cfg is not None:
     target_length = train_dataset_cfg.task_feature_lengths["targets"]
   run = run_setup.build_run(
-      backbone=backbone, prompt=prompt, mesh_cfg=mesh_cfg,
+      backbone=backbone, method=method, mesh_cfg=mesh_cfg,
       target_length=target_length)
-  run = run_setup.with_trainable_part(run, trainable_part)
   trainer = trainer_lib.Trainer(
       run.model, optimizer, run.mesh, run.rules,
       jax.tree.map(lambda x: x.sharding, run.frozen), num_microbatches)
@@ -210,7 +215,7 @@ def train(*, model_dir: str, backbone: run_setup.BackboneConfig,
     _check_divisible(batch_size, run.mesh)
     checkpoints.check_resume_settings(
         model_dir, _run_settings(train_dataset_cfg, batches, backbone,
-                                 prompt, trainable_part, seed),
+                                 method, seed),
         resuming=ckpt.latest_step() is not None,
         allow_changes=allow_changed_settings)
   except BaseException:
@@ -239,9 +244,11 @@ def _loop(run, trainer, ckpt, state, batches, batch_size, *, model_dir,
 
   def save():
     nonlocal saved_step
-    finite.check(step, run.model.prompt_of(state.trainable))
+    finite.check(step, state.trainable)
     ckpt.save(step, state, {"batches": batches.position},
-              prompt=run.model.prompt_of(state.trainable))
+              export=lambda path: run.method.save_artifact(state.trainable,
+                                                           path),
+              export_path=run.method.artifact_path(model_dir, step))
     saved_step = step
 
   try:
@@ -252,7 +259,7 @@ def _loop(run, trainer, ckpt, state, batches, batch_size, *, model_dir,
       finite.add(step, metrics["loss"])
       must_save = ckpt.should_save(step) or step == total_steps
       if step % log_every_steps == 0 or must_save:
-        finite.check(step, run.model.prompt_of(state.trainable))
+        finite.check(step, state.trainable)
         result["train"] = _fetch(metrics)
         writer.write(step, "train", result["train"])
         print(progress.line(step, result["train"]), flush=True)
@@ -260,7 +267,7 @@ def _loop(run, trainer, ckpt, state, batches, batch_size, *, model_dir,
         save()
       if eval_dataset_cfg and eval_every_steps and (
           step % eval_every_steps == 0 or step == total_steps):
-        from prompt_jax import evaluation  # pylint: disable=g-import-not-at-top
+        from prompt_jax.evaluators import teacher_forced as evaluation  # pylint: disable=g-import-not-at-top
         result["eval"] = evaluation.teacher_forced(
             trainer, state.trainable, run.frozen, eval_dataset_cfg)
         writer.write(step, "eval", result["eval"])

@@ -20,8 +20,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prompt_jax import partitioning
-from prompt_jax.model import PromptT5Model
-from prompt_jax.types import Array, PRNGKey, PyTree
+from prompt_jax.methods.base import TunedModel
+from prompt_jax.types import Array
+from prompt_jax.types import PRNGKey
+from prompt_jax.types import PyTree
 
 Batch = Mapping[str, Array]
 
@@ -49,7 +51,7 @@ def _weights(batch: Batch) -> Array:
   return batch.get("decoder_loss_weights", targets > 0).astype(jnp.float32)
 
 
-def loss_and_grads(model: PromptT5Model, trainable: PyTree, frozen: PyTree,
+def loss_and_grads(model: TunedModel, trainable: PyTree, frozen: PyTree,
                    batch: Batch, rng: PRNGKey, num_microbatches: int = 1
                    ) -> tuple[PyTree, dict[str, Array]]:
   """Gradients w.r.t. `trainable` and summed metrics over microbatches."""
@@ -83,7 +85,7 @@ def loss_and_grads(model: PromptT5Model, trainable: PyTree, frozen: PyTree,
 
 
 def train_step(state: TrainState, frozen: PyTree, batch: Batch,
-               base_rng: PRNGKey, *, model: PromptT5Model,
+               base_rng: PRNGKey, *, model: TunedModel,
                optimizer: optax.GradientTransformation,
                num_microbatches: int = 1) -> tuple[TrainState, dict]:
   """One optimizer step on `batch`; returns the new state and metrics."""
@@ -103,7 +105,7 @@ def train_step(state: TrainState, frozen: PyTree, batch: Batch,
 
 
 def eval_step(trainable: PyTree, frozen: PyTree, batch: Batch, *,
-              model: PromptT5Model) -> dict[str, Array]:
+              model: TunedModel) -> dict[str, Array]:
   """Teacher-forced summed metrics (`loss_sum`, `correct`, `tokens`)."""
   _, metrics = model.loss_fn(trainable, frozen, batch)
   return metrics
@@ -113,7 +115,7 @@ class Trainer:
   """Compiles the steps once for a mesh and owns their shardings.
 
   Args:
-    model: the prompt model.
+    model: the tuned model (language model + method).
     optimizer: built for the trainable tree only; None for an eval-only
       trainer (no train step is compiled).
     mesh: ('data', 'model') mesh; batches are split over 'data'.
@@ -122,7 +124,7 @@ class Trainer:
     num_microbatches: gradient accumulation inside one step.
   """
 
-  def __init__(self, model: PromptT5Model,
+  def __init__(self, model: TunedModel,
                optimizer: optax.GradientTransformation | None, mesh: Mesh,
                rules: Any, frozen_shardings: PyTree,
                num_microbatches: int = 1):

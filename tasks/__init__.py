@@ -1,10 +1,12 @@
 """The seqio task catalogue: importing this package registers every task.
 
-This is the single import point for task registration (import it before
-parsing gin). Registration is idempotent, so a second import is harmless.
+This is the single import point for task registration: the gin run files
+(`gin_configs/runs/*.gin`) import it, and so must any other entry point that
+names tasks; `prompt_jax` itself never imports `tasks`. Registration is
+idempotent, so a second import is harmless.
 Tasks depend on seqio, `tasks.vocab`, the data root and the seqio-free
 MetaICL layer (`prompt_jax/icl/metaicl_pool.py`, `kshot_format.py`,
-`metaicl_splits.py`), never on model code; the trainer reaches them by name through `prompt_jax.data`.
+`metaicl_splits.py`), never on model code; the trainer reaches them by name through `prompt_jax.data.seqio_batches`.
 
 `tasks.testing_tasks` (in-memory tasks for tests) is not imported here.
 """

@@ -26,7 +26,7 @@ truncating a long example (a BoolQ passage) never cuts it off. In eval
 splits every pair's target is `yes`: the model scores log p(yes | pair)
 (seqio `score_fn`), the pairs of one example are grouped back by `idx` and
 the label with the highest score is the prediction
-(`prompt_jax.rank_classification`). Label descriptions are a dict per task
+(`prompt_jax.scoring.rank`). Label descriptions are a dict per task
 (`EFL_DESCRIPTIONS`, overridable in `register_efl_task`).
 
 Rows of rank-classified formats carry `is_train_split` from
@@ -42,7 +42,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from prompt_jax import rank_classification
+from prompt_jax.scoring import rank as rank_classification
 from tasks import metrics as metrics_lib
 from tasks import preprocessors
 from tasks import sentence_sources

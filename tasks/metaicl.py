@@ -20,7 +20,7 @@ prefix: unseen-task evaluation must not lean on the task name). For
 `options` stays in the example as a variable-length string feature (seqio
 mixtures and feature converters keep only `inputs`/`targets`), for rank
 classification: score every option as the target, take the best
-(`prompt_jax.unseen_eval`). Decode-based evaluation (`--mode=eval`) compares
+(`prompt_jax.evaluators.unseen`). Decode-based evaluation (`--mode=eval`) compares
 the generated string with the target: accuracy, plus MetaICL's macro-F1 for
 classification tasks (`metaicl_metrics`).
 
@@ -43,6 +43,7 @@ import seqio
 import tensorflow as tf
 
 from prompt_jax.icl import metaicl_pool
+from prompt_jax.icl.kshot_format import kshot_text
 # The pool's names, re-exported: tasks.metaicl stays the one place to read.
 from prompt_jax.icl.metaicl_pool import (  # pylint: disable=unused-import
     FOLDER_OF, K_SHOT, METAICL_DIR, NAME_OF, SEEDS, TASK_FOLDERS, TASK_NAMES,
@@ -132,16 +133,6 @@ def metaicl_to_text(ds: tf.data.Dataset) -> tf.data.Dataset:
     return {"idx": ex["idx"], "inputs": ex["input"], "targets": ex["output"],
             "options": ex["options"]}
   return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def kshot_text(demonstrations: Sequence[tuple[str, str]], text: str,
-               separator: str = " ") -> str:
-  """MetaICL's direct k-shot input: `in_1 out_1 ... in_k out_k text`.
-
-  Example: `kshot_text([("2+2", "4")], "3+3")` → `"2+2 4 3+3"`.
-  """
-  parts = [s for pair in demonstrations for s in pair]
-  return separator.join([*parts, text])
 
 
 def prepend_demonstrations(ds: tf.data.Dataset, *,

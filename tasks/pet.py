@@ -16,7 +16,7 @@ when text follows the mask (T5 marks the end of a span that way):
 Evaluation is rank classification: every option's target is scored
 (seqio `score_fn`: summed log-likelihood), the options of one example are
 grouped back by `idx`, a label with several words takes the max over its
-words, and the best label wins (`prompt_jax.rank_classification`; COPA
+words, and the best label wins (`prompt_jax.scoring.rank`; COPA
 length-normalises, its choices differ in length). Training splits yield
 only the gold option(s), so the same task trains and evaluates.
 
@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import seqio
 
-from prompt_jax import rank_classification
+from prompt_jax.scoring import rank as rank_classification
 from tasks import formats
 from tasks import preprocessors
 from tasks import sources

@@ -174,7 +174,7 @@ def rank_classification_rows(
   """Expands each example into one row per (pattern, option).
 
   Eval splits keep every row, so the scores of one example can be grouped
-  back by `idx` and ranked (`prompt_jax.rank_classification`). Training
+  back by `idx` and ranked (`prompt_jax.scoring.rank`). Training
   splits (feature `TRAIN_SPLIT_KEY` true) keep only the gold rows, or, when
   `train_negative_target` is set, keep every row and give the wrong ones
   that target (EFL: gold pair → "yes", others → "no").

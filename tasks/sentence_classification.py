@@ -1,6 +1,6 @@
 """Single-sentence classification tasks read from the Kim (2014) files.
 
-The files live under the data root (`prompt_jax.data_root.data_root()`) in
+The files live under the data root (`prompt_jax.data.root.data_root()`) in
 `sentence_cls/<dataset>/`: one example per line, `LABEL<space>text`, with
 integer labels, tokenised and lower-cased text (see the data README).
 

@@ -23,7 +23,7 @@ split is used (never at import or registration), caches the parse keyed by
 
 Malformed input fails with one line naming `file:line`; rows are never
 dropped silently. Files live under the data root
-(`prompt_jax.data_root.data_root()`, env `PROMPT_JAX_DATA_ROOT`) and are
+(`prompt_jax.data.root.data_root()`, env `PROMPT_JAX_DATA_ROOT`) and are
 only read.
 """
 
@@ -40,7 +40,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from prompt_jax import data_root as data_root_lib
+from prompt_jax.data import root as data_root_lib
 
 # A parsed split: field name → [N] array (int64, or object arrays of str).
 Columns = dict[str, np.ndarray]

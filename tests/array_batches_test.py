@@ -10,8 +10,8 @@ Example 2, and an empty-inputs example checked against seqio 0.0.20).
 import numpy as np
 import pytest
 
-from prompt_jax import array_batches
-from prompt_jax.array_batches import MixtureBatches
+from prompt_jax.data import array_batches
+from prompt_jax.data.array_batches import MixtureBatches
 
 # Task "a": seqio's docstring example; task "b": empty inputs.
 TINY = {"a": [([9, 4, 6, 1], [3, 9, 1])], "b": [([], [5, 7])]}

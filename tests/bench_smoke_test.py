@@ -4,7 +4,7 @@ import jax
 import pytest
 
 from prompt_jax import testing
-from prompt_jax.t5 import config as config_lib
+from prompt_jax.backbones.t5 import config as config_lib
 
 bench = testing.load_bench_script("train_throughput")
 

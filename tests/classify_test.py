@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import seqio
 
-from prompt_jax import classify
-from prompt_jax import data
+from prompt_jax.evaluators import classify
+from prompt_jax.data import seqio_batches as data
 from prompt_jax import gin_utils
 from prompt_jax import main
-from prompt_jax import option_scoring
-from prompt_jax import run_setup
-from prompt_jax.prompts import specs
+from prompt_jax.scoring import options as option_scoring
+from prompt_jax import setup as run_setup
+from prompt_jax.methods.prompt_tuning import specs
+from prompt_jax.methods import prompt_tuning
 import tasks  # pylint: disable=unused-import  Registers the tasks.
 
 TASK = "sst2_smollm2_v100"
@@ -27,12 +28,12 @@ OPTIONS = [" negative", " positive"]
 ROWS = 16
 BACKBONE = run_setup.BackboneConfig(path="smollm2", preset="smollm2_135m",
                                     kind="decoder")
-PROMPT = run_setup.PromptConfig(length=20, init=specs.random_uniform())
+PROMPT = prompt_tuning.PromptTuning(length=20, init=specs.random_uniform())
 
 
 @pytest.fixture(scope="module")
 def smollm2_run() -> run_setup.Run:
-  return run_setup.build_run(backbone=BACKBONE, prompt=PROMPT)
+  return run_setup.build_run(backbone=BACKBONE, method=PROMPT)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +57,8 @@ def _direct_scores(run, trainable, dev_rows) -> np.ndarray:
 @pytest.fixture(name="reuse_run")
 def reuse_run_fixture(monkeypatch, smollm2_run):
   """`classify` gets the module's run instead of loading the GGUF again."""
-  def build_run(*, backbone, prompt, mesh_cfg):
-    assert (backbone, prompt) == (BACKBONE, PROMPT), mesh_cfg
+  def build_run(*, backbone, method, mesh_cfg):
+    assert (backbone, method) == (BACKBONE, PROMPT), mesh_cfg
     return smollm2_run
   monkeypatch.setattr(classify.run_setup, "build_run", build_run)
 
@@ -69,7 +70,7 @@ def zero_shot_scores(smollm2_run, dev_rows) -> np.ndarray:
 
 def _classify(model_dir, **kwargs) -> dict:
   return classify.classify(model_dir=str(model_dir), backbone=BACKBONE,
-                           prompt=PROMPT, task=TASK, options=OPTIONS,
+                           method=PROMPT, task=TASK, options=OPTIONS,
                            max_rows=ROWS, batch_size=ROWS, **kwargs)
 
 
@@ -139,10 +140,10 @@ def test_bad_arguments_fail_in_one_line(tmp_path):
     classify.classify(model_dir=str(tmp_path),
                       backbone=run_setup.BackboneConfig(
                           preset="t5_1_1_tiny", random_weights=True),
-                      prompt=PROMPT, task=TASK, options=OPTIONS)
+                      method=PROMPT, task=TASK, options=OPTIONS)
   with pytest.raises(ValueError, match="options=' positive'; give a list"):
     classify.classify(model_dir=str(tmp_path), backbone=BACKBONE,
-                      prompt=PROMPT, task=TASK, options=" positive")
+                      method=PROMPT, task=TASK, options=" positive")
   with pytest.raises(ValueError, match="has label 1, outside the 1 options"):
     classify.read_labelled_rows(TASK, "validation", 1, max_rows=16)
   with pytest.raises(ValueError, match="has no split 'dev'; it has "):
@@ -156,7 +157,7 @@ def test_main_classify_mode_exits_2_with_one_line(tmp_path, capsys):
   assert main.main(args) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert err == [f"error: no prompt_step_*.npy under {tmp_path}/prompts; "
-                 "train first or pass a prompt file"]
+                 "train first or pass an artifact file"]
   assert main.main(args[:2] + ["--gin_file=models/t5_1_1_tiny.gin",
                                "--gin_file=prompts/random.gin",
                                f"--gin.MODEL_DIR='{tmp_path}'",

@@ -22,7 +22,7 @@ import pathlib  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from absl import flags  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
-from prompt_jax import data_root as data_root_lib  # pylint: disable=g-import-not-at-top
+from prompt_jax.data import root as data_root_lib  # pylint: disable=g-import-not-at-top
 
 # absltest helpers (create_tempdir, ...) read flags; pytest never parses them.
 if not flags.FLAGS.is_parsed():

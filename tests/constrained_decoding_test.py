@@ -1,7 +1,7 @@
-"""Tests of `prompt_jax.constrained_decoding` (span trie in array form).
+"""Tests of `prompt_jax.decoding.constraints` (span trie in array form).
 
 The automaton is checked against a brute-force set of span prefixes; the
-searches of `prompt_jax.decoding` against exhaustive enumeration of every
+searches of `prompt_jax.decoding.search` against exhaustive enumeration of every
 allowed output on a toy recurrent model, and a random tiny T5 through
 `generation.generate`. Real SQuAD rows with the full T5 vocabulary are
 decoded in `tests/tasks/squad_test.py`.
@@ -12,11 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_jax import constrained_decoding as cd
-from prompt_jax import decoding
+from prompt_jax.decoding import constraints as cd
+from prompt_jax.decoding import search as decoding
 from prompt_jax import testing
-from prompt_jax.t5 import generation
-from prompt_jax.t5 import network
+from prompt_jax.backbones.t5 import generation
+from prompt_jax.backbones.t5 import network
 
 EOS = 1
 START = 0

@@ -1,11 +1,11 @@
-"""Tests for prompt_jax.data_root."""
+"""Tests for prompt_jax.data.root."""
 
 import os
 from unittest import mock
 
 from absl.testing import absltest
 
-from prompt_jax import data_root as data_root_lib
+from prompt_jax.data import root as data_root_lib
 
 
 class DataRootTest(absltest.TestCase):

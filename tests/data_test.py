@@ -1,4 +1,4 @@
-"""Tests for prompt_jax.data on an in-memory task (no data files but vocab).
+"""Tests for prompt_jax.data.seqio_batches on an in-memory task (no data files but vocab).
 
 TensorFlow and seqio are imported once for the whole file (~5-10 s).
 """
@@ -8,7 +8,7 @@ import dataclasses
 from absl.testing import absltest
 import numpy as np
 
-from prompt_jax import data
+from prompt_jax.data import seqio_batches as data
 from tasks import testing_tasks
 from tasks import vocab
 

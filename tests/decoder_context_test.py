@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_jax import decoder_model
-from prompt_jax.decoder import testing as decoder_testing
+from prompt_jax.testing import llama as decoder_testing
+from prompt_jax.methods.prompt_tuning import method as prompt_tuning_lib
 
 CFG = decoder_testing.tiny_decoder_config(num_layers=2)
 P = 4
@@ -25,7 +25,7 @@ def _padded(rows, length):
 
 
 def _setup(position):
-  model = decoder_model.PromptDecoderModel(CFG, P, position=position)
+  model = prompt_tuning_lib.decoder_model(CFG, P, position=position)
   frozen = decoder_testing.random_params(CFG, seed=0)
   trainable = model.init_trainable(jax.random.key(1))
   return model, frozen, trainable
@@ -57,7 +57,7 @@ def test_context_cache_equals_full_sequence(position, with_prompt):
 
 def test_target_length_keeps_the_loss_and_metrics():
   model, frozen, trainable = _setup("prefix")
-  bounded = decoder_model.PromptDecoderModel(CFG, P, target_length=3)
+  bounded = prompt_tuning_lib.decoder_model(CFG, P, target_length=3)
   tokens = _padded([[5, 6, 7, 50, 51], [8, 9, 52, 53, 54], [4, 4, 4, 4, 55]],
                    9)
   weights = _padded([[0, 0, 0, 1, 1], [0, 0, 1, 1, 1], [0, 0, 0, 0, 1]], 9)
@@ -78,7 +78,7 @@ def test_target_length_keeps_the_loss_and_metrics():
 
 def test_target_length_gradients_equal():
   model, frozen, trainable = _setup("prefix")
-  bounded = decoder_model.PromptDecoderModel(CFG, P, target_length=2)
+  bounded = prompt_tuning_lib.decoder_model(CFG, P, target_length=2)
   tokens = _padded([[5, 6, 7, 50, 51], [8, 9, 52, 53]], 7)
   weights = _padded([[0, 0, 0, 1, 1], [0, 0, 0, 1]], 7)
   batch = {"decoder_target_tokens": tokens, "decoder_loss_weights": weights}

@@ -6,13 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_jax import decoder_model
 from prompt_jax import optim
 from prompt_jax import partitioning
 from prompt_jax import testing
 from prompt_jax import trainer as trainer_lib
-from prompt_jax.decoder import network
-from prompt_jax.decoder import testing as decoder_testing
+from prompt_jax.backbones.llama import network
+from prompt_jax.testing import llama as decoder_testing
+from prompt_jax.methods.prompt_tuning import method as prompt_tuning_lib
+from prompt_jax.backbones import seams as seams_lib
+from prompt_jax import models
 
 CFG = decoder_testing.tiny_decoder_config(num_layers=2)
 P = 6
@@ -57,9 +59,9 @@ def _frozen():
 
 @pytest.mark.parametrize("position", ["prefix", "after_bos"])
 def test_loss_equals_minus_summed_scores(position):
-  model = decoder_model.PromptDecoderModel(
+  model = prompt_tuning_lib.decoder_model(
       CFG, P, position=position,
-      loss_cfg=decoder_model.LossConfig(z_loss=0.0, normalize_by_tokens=False))
+      loss_cfg=models.LossConfig(z_loss=0.0, normalize_by_tokens=False))
   trainable = model.init_trainable(jax.random.key(1))
   examples = _examples(4)
   _, metrics = jax.jit(model.loss_fn)(trainable, _frozen(),
@@ -74,7 +76,7 @@ def test_loss_equals_minus_summed_scores(position):
 
 
 def test_padding_and_prompt_placement():
-  model = decoder_model.PromptDecoderModel(CFG, P)
+  model = prompt_tuning_lib.decoder_model(CFG, P)
   trainable = model.init_trainable(jax.random.key(1))
   examples = _examples(3, seed=1)
   score = jax.jit(model.score_batch)
@@ -86,8 +88,8 @@ def test_padding_and_prompt_placement():
   # Prefix prompt == the prompt's rows fed as the first embeddings by hand.
   x, y = examples[0]
   seq = jnp.asarray([x + y])
-  prompt = model.prompt_of(trainable)
-  hand = decoder_model.seams_lib.Seams(
+  prompt = model.method.prompt_of(trainable)
+  hand = seams_lib.Seams(
       decoder_embed_fn=lambda e, m: (
           jnp.concatenate([prompt[None], e], 1),
           jnp.concatenate([jnp.ones((1, P), m.dtype), m], 1)))
@@ -99,13 +101,13 @@ def test_padding_and_prompt_placement():
 
 
 def test_after_bos_puts_bos_first():
-  model = decoder_model.PromptDecoderModel(CFG, P, position="after_bos")
+  model = prompt_tuning_lib.decoder_model(CFG, P, position="after_bos")
   trainable = model.init_trainable(jax.random.key(1))
   x, y = _examples(1, seed=2)[0]
   got, _ = model.score_batch(trainable, _frozen(), jnp.asarray([x]),
                              jnp.asarray([y]))
-  prompt = model.prompt_of(trainable)
-  hand = decoder_model.seams_lib.Seams(
+  prompt = model.method.prompt_of(trainable)
+  hand = seams_lib.Seams(
       decoder_embed_fn=lambda e, m: (
           jnp.concatenate([e[:, :1], prompt[None], e[:, 1:]], 1),
           jnp.ones((1, e.shape[1] + P), m.dtype)))
@@ -119,7 +121,7 @@ def test_after_bos_puts_bos_first():
 
 def test_bad_position_is_one_line():
   with pytest.raises(ValueError, match="suffix"):
-    decoder_model.PromptDecoderModel(CFG, P, position="suffix")
+    prompt_tuning_lib.decoder_model(CFG, P, position="suffix")
 
 
 def _setup(mesh_shape=(2, 4), lr=0.3):
@@ -128,7 +130,7 @@ def _setup(mesh_shape=(2, 4), lr=0.3):
   frozen = partitioning.init_params(network.DecoderLM(CFG), jax.random.key(0),
                                     mesh, rules, _SAMPLE)
   frozen = jax.device_put(_frozen(), partitioning.shardings_of(frozen))
-  model = decoder_model.PromptDecoderModel(CFG, P)
+  model = prompt_tuning_lib.decoder_model(CFG, P)
   opt = optim.make_optimizer(name="adafactor", learning_rate=lr,
                              weight_decay=1e-5)
   trainer = trainer_lib.Trainer(model, opt, mesh, rules,
@@ -139,7 +141,7 @@ def _setup(mesh_shape=(2, 4), lr=0.3):
 def test_trainer_changes_only_the_prompt_and_fits_a_toy_task():
   trainer, frozen = _setup()
   state = trainer.init_state(jax.random.key(1))
-  prompt_before = np.array(trainer.model.prompt_of(state.trainable))
+  prompt_before = np.array(trainer.model.method.prompt_of(state.trainable))
   grads, _ = trainer_lib.loss_and_grads(
       trainer.model, state.trainable, frozen,
       _prefix_lm_batch(_examples(16)), jax.random.key(0))
@@ -159,7 +161,7 @@ def test_trainer_changes_only_the_prompt_and_fits_a_toy_task():
     state, metrics = trainer.train_step(state, frozen, batch,
                                         jax.random.key(2))
     losses.append(float(metrics["loss"]))
-  prompt = np.array(trainer.model.prompt_of(state.trainable))
+  prompt = np.array(trainer.model.method.prompt_of(state.trainable))
   assert (prompt != prompt_before).mean() > 0.9
   assert prompt.shape == (P, CFG.emb_dim)
   assert losses[-1] < 0.5 * losses[0], losses[::10]
@@ -169,10 +171,10 @@ def test_trainer_changes_only_the_prompt_and_fits_a_toy_task():
 
 
 def test_predictor_generates_and_scores_with_the_decoder():
-  from prompt_jax import predicting  # pylint: disable=g-import-not-at-top
+  from prompt_jax.decoding import predictor as predicting  # pylint: disable=g-import-not-at-top
   mesh = partitioning.make_mesh(8, 1)
   rules = partitioning.standard_logical_axis_rules("model")
-  model = decoder_model.PromptDecoderModel(CFG, P)
+  model = prompt_tuning_lib.decoder_model(CFG, P)
   trainable = model.init_trainable(jax.random.key(1))
   frozen = _frozen()
   predictor = predicting.Predictor(
@@ -187,8 +189,8 @@ def test_predictor_generates_and_scores_with_the_decoder():
   # Greedy output of each row = its argmax continuation, unpadded.
   for row, (x, _) in zip(out, examples):
     seq = list(x)
-    prompt = model.prompt_of(trainable)
-    hand = decoder_model.seams_lib.Seams(
+    prompt = model.method.prompt_of(trainable)
+    hand = seams_lib.Seams(
         decoder_embed_fn=lambda e, m: (
             jnp.concatenate([prompt[None], e], 1),
             jnp.concatenate([jnp.ones((1, P), m.dtype), m], 1)))

@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_jax import decoder_model
-from prompt_jax import run_setup
-from prompt_jax.prompts import specs
+from prompt_jax import models
+from prompt_jax import setup as run_setup
+from prompt_jax.methods.prompt_tuning import specs
+from prompt_jax.methods import prompt_tuning
 
 BC = run_setup.BackboneConfig
 
@@ -33,10 +34,10 @@ def test_bad_kind_is_one_line():
 def test_random_tiny_decoder_run():
   run = run_setup.build_run(
       backbone=BC(preset="tiny", random_weights=True),
-      prompt=run_setup.PromptConfig(length=3, init=specs.sampled_vocab(50)),
+      method=prompt_tuning.PromptTuning(length=3, init=specs.sampled_vocab(50)),
       mesh_cfg=run_setup.MeshConfig(data=2, model=4))
-  assert isinstance(run.model, decoder_model.PromptDecoderModel)
-  assert run.tokenizer is None and run.model.position == "prefix"
+  assert run.model.family == models.DECODER_ONLY
+  assert run.tokenizer is None and run.method.position == "prefix" and not run.model.add_bos
   wi = run.frozen["layers_0"]["mlp"]["wi_0"]["kernel"]
   assert wi.addressable_shards[0].data.shape == (32, 64 // 4)
   prompt = run.model.init_trainable(jax.random.key(0))["prompt"]["prompt"]
@@ -46,10 +47,10 @@ def test_random_tiny_decoder_run():
 def test_smollm2_run_ranks_the_right_continuation():
   run = run_setup.build_run(
       backbone=BC(path="smollm2", preset="smollm2_135m"),
-      prompt=run_setup.PromptConfig(length=2, init=specs.text("Answer")),
+      method=prompt_tuning.PromptTuning(length=2, init=specs.text("Answer")),
       mesh_cfg=run_setup.MeshConfig(data=-1, model=1))
   tok = run.tokenizer
-  assert not tok.add_bos and run.model.position == "prefix"
+  assert not tok.add_bos and run.method.position == "prefix" and not run.model.add_bos
   trainable = run.model.init_trainable(jax.random.key(0))
   inputs = tok.encode("The capital of France is")
   options = [tok.encode(" Paris"), tok.encode(" London"),

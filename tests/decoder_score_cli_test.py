@@ -3,7 +3,7 @@
 import json
 
 
-from prompt_jax import score
+from prompt_jax import score_cli as score
 
 
 def test_smollm2_scores_rank_the_right_answer(tmp_path):

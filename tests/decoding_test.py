@@ -1,4 +1,4 @@
-"""Tests of the model-agnostic searches in `prompt_jax.decoding`.
+"""Tests of the model-agnostic searches in `prompt_jax.decoding.search`.
 
 A toy recurrent "decoder" (state h [B, H] carried in the cache) stands in for
 a model: its scores depend on the whole prefix, its teacher-forced
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_jax import decoding
+from prompt_jax.decoding import search as decoding
 
 EOS = 1
 START = 0

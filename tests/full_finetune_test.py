@@ -1,4 +1,4 @@
-"""Full fine-tuning (`FullFinetuneModel`): every weight trains, no prompt.
+"""Full fine-tuning (`methods.FullFinetune`): every weight trains, no prompt.
 
 The trainable tree is the backbone itself, sharded by its logical axes; the
 loss equals the bare backbone's; optimizer steps move the weights and fit a
@@ -12,15 +12,14 @@ import numpy as np
 import optax
 import pytest
 
-from prompt_jax import decoder_model
-from prompt_jax import full_finetune
-from prompt_jax import model as t5_model
+from prompt_jax import models
 from prompt_jax import partitioning
-from prompt_jax import run_setup
 from prompt_jax import testing
 from prompt_jax import trainer as trainer_lib
-from prompt_jax.decoder import network
-from prompt_jax.decoder import testing as decoder_testing
+from prompt_jax.backbones.llama import network
+from prompt_jax.methods import base as method_base
+from prompt_jax.methods import full_finetune
+from prompt_jax.testing import llama as decoder_testing
 
 CFG = decoder_testing.tiny_decoder_config(num_layers=2)
 _SAMPLE = (jax.ShapeDtypeStruct((1, 1), jnp.int32),)
@@ -43,8 +42,8 @@ def _decoder_setup(mesh_shape=(2, 4)):
   rules = partitioning.standard_logical_axis_rules("model")
   params = partitioning.init_params(network.DecoderLM(CFG), jax.random.key(0),
                                     mesh, rules, _SAMPLE)
-  inner = decoder_model.PromptDecoderModel(CFG, 4, target_length=1)
-  model = full_finetune.FullFinetuneModel(inner, params, _SAMPLE)
+  lm = models.DecoderOnlyLM(CFG, target_length=1)
+  model = method_base.TunedModel(lm, full_finetune.FullFinetune(), params)
   trainer = trainer_lib.Trainer(model, optax.adamw(3e-3), mesh, rules, {})
   return model, trainer, params
 
@@ -62,7 +61,6 @@ def test_trainable_tree_is_the_backbone_with_its_shardings():
   assert "model" in str(flat_got["layers_0/mlp/wi_0/kernel"].spec)
   before = jax.tree.map(np.array, params)
   state = trainer.init_state(jax.random.key(1))
-  assert model.prompt_of(state.trainable) is None
   jax.tree.map(np.testing.assert_array_equal, before,
                jax.tree.map(np.array, state.trainable["backbone"]))
   with pytest.raises(ValueError, match="already handed"):
@@ -72,7 +70,7 @@ def test_trainable_tree_is_the_backbone_with_its_shardings():
 def test_loss_equals_the_bare_backbone_and_training_moves_every_weight():
   model, trainer, params = _decoder_setup()
   batch = _batch()
-  want, _ = model.inner.loss_fn(None, params, batch)
+  want, _ = model.lm.loss_fn(params, batch)
   got, _ = model.loss_fn({"backbone": params}, {}, batch)
   np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
   before = jax.tree.map(np.array, params)
@@ -94,11 +92,10 @@ def test_t5_full_finetune_loss_equals_bare_t5():
   cfg = testing.tiny_t5_config()
   mesh = partitioning.make_mesh(8, 1)
   rules = partitioning.standard_logical_axis_rules("model")
-  inner = t5_model.PromptT5Model(
-      cfg, 3, loss_cfg=t5_model.LossConfig(z_loss=0.0))
-  params = partitioning.init_params(inner.module, jax.random.key(0), mesh,
+  lm = models.EncoderDecoderLM(cfg, models.LossConfig(z_loss=0.0))
+  params = partitioning.init_params(lm.module, jax.random.key(0), mesh,
                                     rules)
-  model = full_finetune.FullFinetuneModel(inner, params)
+  model = method_base.TunedModel(lm, full_finetune.FullFinetune(), params)
   rng = np.random.RandomState(0)
   enc = rng.randint(2, cfg.vocab_size, (8, 7)).astype(np.int32)
   tgt = rng.randint(2, cfg.vocab_size, (8, 3)).astype(np.int32)
@@ -106,7 +103,7 @@ def test_t5_full_finetune_loss_equals_bare_t5():
            "decoder_input_tokens": np.concatenate(
                [np.zeros((8, 1), np.int32), tgt[:, :-1]], 1),
            "decoder_loss_weights": np.ones_like(tgt)}
-  logits = inner.module.apply({"params": params}, enc,
+  logits = lm.module.apply({"params": params}, enc,
                               batch["decoder_input_tokens"])
   log_p = jax.nn.log_softmax(logits)
   want = -jnp.take_along_axis(log_p, tgt[..., None], -1).sum()
@@ -115,6 +112,8 @@ def test_t5_full_finetune_loss_equals_bare_t5():
                              rtol=1e-5)
 
 
-def test_unknown_trainable_part_is_one_line():
-  with pytest.raises(ValueError, match="trainable_part='lora'"):
-    run_setup.with_trainable_part(None, "lora")
+def test_full_finetune_has_no_artifact_file(tmp_path):
+  method = full_finetune.FullFinetune()
+  assert method.artifact_path(tmp_path, 3) is None
+  with pytest.raises(ValueError, match="full_finetune exports no artifact"):
+    method.latest_artifact(tmp_path)

@@ -1,15 +1,21 @@
 """Every gin file parses, with its required macros bound, and builds."""
 
+import os
 import pathlib
+import subprocess
+import sys
 
 import gin
 import pytest
 
-from prompt_jax import data
+from prompt_jax.data import seqio_batches as data
+from prompt_jax.decoding import constraints
+from prompt_jax import evaluate as evaluate_lib
 from prompt_jax import gin_utils
 from prompt_jax import optim
-from prompt_jax import run_setup
+from prompt_jax import setup as run_setup
 from prompt_jax import train as train_lib
+from prompt_jax.methods import prompt_tuning
 
 CONFIGS = gin_utils.GIN_CONFIGS_DIR
 MODELS = sorted(p.name for p in (CONFIGS / "models").glob("*.gin"))
@@ -55,7 +61,7 @@ def _parse(run: str, model: str, prompt: str) -> None:
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_run_and_prompt_files_parse_and_build(run, prompt):
   _parse(run, "t5_1_1_tiny.gin", prompt)
-  prompt_cfg = gin.get_configurable(run_setup.PromptConfig)()
+  prompt_cfg = gin.get_configurable(prompt_tuning.PromptTuning)()
   assert prompt_cfg.length == 100
   assert callable(prompt_cfg.init)
   for macro in ("MODEL_DIR",):
@@ -108,7 +114,7 @@ def test_missing_file_is_one_line():
 def test_decoder_files_parse_with_every_prompt(model, prompt):
   for run in RUNS:
     _parse(run, model, prompt)
-    assert callable(gin.get_configurable(run_setup.PromptConfig)().init)
+    assert callable(gin.get_configurable(prompt_tuning.PromptTuning)().init)
 
 
 
@@ -116,7 +122,7 @@ def test_full_finetune_method_replaces_the_optimizer():
   gin_utils.parse(["runs/prompt_train.gin", "models/t5_1_1_tiny.gin",
                    "prompts/random.gin", "methods/full_finetune.gin"],
                   REQUIRED["prompt_train.gin"])
-  assert gin.get_bindings(train_lib.train)["trainable_part"] == "full"
+  assert "METHOD = @full_finetune.FullFinetune()" in gin.config_str()
   assert gin.get_bindings(optim.make_optimizer) == {
       "name": "adamw", "learning_rate": 1e-5, "weight_decay": 0.01}
 
@@ -171,4 +177,47 @@ def test_full_size_model_without_checkpoint_stops():
   with pytest.raises(ValueError, match=r"no backbone checkpoint for "
                      r"t5_1_1_base: set BACKBONE_DIR .* RANDOM_BACKBONE"):
     run_setup.build_run(backbone=backbone,
-                        prompt=run_setup.PromptConfig(length=2))
+                        method=prompt_tuning.PromptTuning(length=2))
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_run_files_import_the_tasks(run):
+  # The library does not import `tasks`; each run file registers them.
+  lines = (CONFIGS / "runs" / run).read_text(encoding="utf-8").splitlines()
+  assert any(line.split("#")[0].strip() == "import tasks" for line in lines)
+
+
+def test_parsing_a_run_file_registers_the_tasks():
+  code = ("import sys, seqio\n"
+          "from prompt_jax import gin_utils\n"
+          "gin_utils.import_configurables()\n"
+          "assert 'tasks' not in sys.modules, 'the library imported tasks'\n"
+          "gin_utils.parse(['runs/prompt_eval.gin', 'models/t5_1_1_tiny.gin',"
+          " 'prompts/random.gin'], ['MODEL_DIR=\"/tmp/x\"',"
+          " 'MIXTURE_OR_TASK_NAME=\"squad_v2_span_v100\"',"
+          " 'TASK_FEATURE_LENGTHS={\"inputs\": 8, \"targets\": 4}'])\n"
+          "names = seqio.TaskRegistry.names()\n"
+          "print('squad_v2_span_v100' in names, 'sst2_v100' in names)\n")
+  root = CONFIGS.parent
+  env = {**os.environ, "PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu"}
+  done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env,
+                        capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.split() == ["True", "True"]
+
+
+@pytest.mark.parametrize("binding", [
+    "CONSTRAINT_FN=%SQUAD_SPAN_CONSTRAINT",
+    "CONSTRAINT_FN=@squad.span_constraint_fn()"])
+def test_eval_span_constraint_comes_from_tasks(binding):
+  files = ["runs/prompt_eval.gin", "models/t5_1_1_tiny.gin",
+           "prompts/random.gin"]
+  gin_utils.parse(files, REQUIRED["prompt_eval.gin"])
+  assert gin.get_bindings(evaluate_lib.evaluate)["constraint_fn"] is None
+  gin_utils.parse(files, REQUIRED["prompt_eval.gin"] + [binding])
+  constraint_fn = gin.get_bindings(evaluate_lib.evaluate)["constraint_fn"]
+  assert constraint_fn.func is constraints.span_constraint_after_marker
+  assert constraint_fn.keywords == {
+      "marker_ids": [2625, 10], "eos_id": 1,
+      "extra_sequences": [[73, 3247, 3321, 179]]}

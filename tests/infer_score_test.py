@@ -1,4 +1,4 @@
-"""`infer` in score mode gives the scores of `python -m prompt_jax.score`.
+"""`infer` in score mode gives the scores of `python -m prompt_jax.score_cli`.
 
 The decoder is a tiny random `transformers` Llama saved with
 `save_pretrained`, with SmolLM2's BPE tokenizer (`tokenizer.json`) beside it,
@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 
 from prompt_jax import infer as infer_lib
-from prompt_jax import run_setup
-from prompt_jax import score
+from prompt_jax import setup as run_setup
+from prompt_jax import score_cli as score
 from prompt_jax import testing as t5_testing
-from prompt_jax import vocabularies
-from prompt_jax.decoder import gguf_loading
-from prompt_jax.decoder import testing
-from prompt_jax.decoder import tokenizer as tokenizer_lib
+from prompt_jax.backbones.t5 import tokenizer as vocabularies
+from prompt_jax.backbones.llama import gguf_loading
+from prompt_jax.testing import llama as testing
+from prompt_jax.backbones.llama import tokenizer as tokenizer_lib
+from prompt_jax.methods import prompt_tuning
 
 _H = 32
 _TEXT_ROWS = [
@@ -74,7 +75,7 @@ def _infer(backbone, in_file, out_file, prompt_file, length, mode="score",
   return infer_lib.infer(
       model_dir="/nonexistent", backbone=run_setup.BackboneConfig(
           path=str(backbone)),
-      prompt=run_setup.PromptConfig(length=length), output_file=str(out_file),
+      method=prompt_tuning.PromptTuning(length=length), output_file=str(out_file),
       input_file=str(in_file), mode=mode, prompt_file=str(prompt_file),
       batch_size=8, **kwargs)
 

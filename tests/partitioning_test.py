@@ -15,8 +15,8 @@ from jax.sharding import PartitionSpec as P
 
 from prompt_jax import partitioning
 from prompt_jax import types
-from prompt_jax.t5 import config as config_lib
-from prompt_jax.t5 import network
+from prompt_jax.backbones.t5 import config as config_lib
+from prompt_jax.backbones.t5 import network
 
 B, T_IN, T_OUT = 8, 6, 5
 _CFG = config_lib.T5Config(

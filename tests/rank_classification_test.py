@@ -1,4 +1,4 @@
-"""Tests for prompt_jax.rank_classification and rank classification end to
+"""Tests for prompt_jax.scoring.rank and rank classification end to
 end.
 
 Unit tests: hand-made scores with hand-computed decisions (grouping of
@@ -23,13 +23,13 @@ import numpy as np
 import seqio
 
 import tasks  # pylint: disable=unused-import  # Registers the tasks.
-from prompt_jax import data as data_lib
+from prompt_jax.data import seqio_batches as data_lib
 from prompt_jax import evaluate
-from prompt_jax import model as model_lib
 from prompt_jax import partitioning
-from prompt_jax import predicting
-from prompt_jax import rank_classification as rc
+from prompt_jax.decoding import predictor as predicting
+from prompt_jax.scoring import rank as rc
 from prompt_jax import testing
+from prompt_jax.methods.prompt_tuning import method as prompt_tuning_lib
 
 _LENGTHS = {"inputs": 256, "targets": 32}
 
@@ -242,7 +242,7 @@ class RankClassificationOnTinyT5Test(parameterized.TestCase):
     torch.set_num_threads(1)
     cls.hf_model, cfg, params = testing.random_hf_t5(
         "t5_1_1", seed=0, vocab_size=32128)
-    model = model_lib.PromptT5Model(cfg, prompt_length=3)
+    model = prompt_tuning_lib.t5_model(cfg, prompt_length=3)
     cls.trainable = model.init_trainable(jax.random.key(1))
     mesh = partitioning.make_mesh(jax.device_count(), 1)
     rules = partitioning.standard_logical_axis_rules("model")

@@ -8,14 +8,15 @@ import optax
 import pytest
 
 from prompt_jax import checkpoints
-from prompt_jax import data as data_lib
-from prompt_jax import run_setup
+from prompt_jax.data import seqio_batches as data_lib
+from prompt_jax import setup as run_setup
 from prompt_jax import testing
 from prompt_jax import train as train_lib
 from prompt_jax import trainer as trainer_lib
-from prompt_jax.prompts import specs
-from prompt_jax.t5 import loading
-from prompt_jax.t5 import network
+from prompt_jax.methods.prompt_tuning import specs
+from prompt_jax.backbones.t5 import loading
+from prompt_jax.backbones.t5 import network
+from prompt_jax.methods import prompt_tuning
 
 
 def _hf_dir(tmp_path, **overrides):
@@ -33,7 +34,7 @@ def test_backbone_equals_the_checkpoint_and_is_sharded(tmp_path):
   path, cfg, params = _hf_dir(tmp_path)
   run = run_setup.build_run(
       backbone=run_setup.BackboneConfig(path=path),
-      prompt=run_setup.PromptConfig(length=4, init=specs.sampled_vocab()),
+      method=prompt_tuning.PromptTuning(length=4, init=specs.sampled_vocab()),
       mesh_cfg=run_setup.MeshConfig(data=2, model=4))
   assert run.config == cfg
   jax.tree.map(np.testing.assert_array_equal, params,
@@ -53,14 +54,14 @@ def test_checkpoint_of_another_size_is_one_line(tmp_path):
                      r"emb_dim 32 != 512"):
     run_setup.build_run(
         backbone=run_setup.BackboneConfig(path=path, preset="t5_1_1_small"),
-        prompt=run_setup.PromptConfig(length=4))
+        method=prompt_tuning.PromptTuning(length=4))
 
 
 def test_missing_backbone_dir_is_clear(tmp_path):
   with pytest.raises(FileNotFoundError, match="nope"):
     run_setup.build_run(
         backbone=run_setup.BackboneConfig(path=str(tmp_path / "nope")),
-        prompt=run_setup.PromptConfig(length=4))
+        method=prompt_tuning.PromptTuning(length=4))
 
 
 def test_nan_stops_with_step_and_saves_nothing_corrupt(tmp_path):
@@ -73,7 +74,7 @@ def test_nan_stops_with_step_and_saves_nothing_corrupt(tmp_path):
         backbone=run_setup.BackboneConfig(
             preset="t5_1_1_tiny", random_weights=True,
             overrides={"vocab_size": 32128}),
-        prompt=run_setup.PromptConfig(length=4, init=specs.random_uniform()),
+        method=prompt_tuning.PromptTuning(length=4, init=specs.random_uniform()),
         train_dataset_cfg=cfg, optimizer=optax.scale(float("nan")),
         total_steps=5,
         checkpoint_cfg=checkpoints.CheckpointConfig(save_every_steps=1),
@@ -105,7 +106,7 @@ def test_nan_loss_with_a_finite_prompt_names_its_step(tmp_path, monkeypatch):
         model_dir=str(tmp_path), backbone=run_setup.BackboneConfig(
             random_weights=True, preset="t5_1_1_tiny",
             overrides={"vocab_size": 32128}),
-        prompt=run_setup.PromptConfig(length=4, init=specs.random_uniform()),
+        method=prompt_tuning.PromptTuning(length=4, init=specs.random_uniform()),
         train_dataset_cfg=cfg, optimizer=optax.sgd(0.1), total_steps=10,
         checkpoint_cfg=checkpoints.CheckpointConfig(save_every_steps=2),
         log_every_steps=10)

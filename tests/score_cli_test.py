@@ -1,4 +1,4 @@
-"""End-to-end tests of `python -m prompt_jax.score` (run in-process via main).
+"""End-to-end tests of `python -m prompt_jax.score_cli` (run in-process via main).
 
 The backbone is a tiny random transformers T5 (T5 vocabulary size) saved with
 `save_pretrained`, i.e. the real Hugging Face layout; expected scores come
@@ -20,10 +20,10 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
-from prompt_jax import jsonl_io
-from prompt_jax import score
+from prompt_jax.data import jsonl as jsonl_io
+from prompt_jax import score_cli as score
 from prompt_jax import testing
-from prompt_jax import vocabularies
+from prompt_jax.backbones.t5 import tokenizer as vocabularies
 
 _V = 32128
 _GOOD = {"inputs": "sst2 sentence: a fine film.", "targets": "positive"}
@@ -54,9 +54,9 @@ def _save_t5_with_nan_embedding(path: pathlib.Path, nan_id: int) -> None:
   # pylint: disable=g-import-not-at-top
   import flax
   import jax
-  from prompt_jax.t5 import config as config_lib
-  from prompt_jax.t5 import loading
-  from prompt_jax.t5 import network
+  from prompt_jax.backbones.t5 import config as config_lib
+  from prompt_jax.backbones.t5 import loading
+  from prompt_jax.backbones.t5 import network
   # pylint: enable=g-import-not-at-top
   cfg = config_lib.T5Config(vocab_size=_V, emb_dim=32, num_heads=2,
                             head_dim=16, mlp_dim=64, num_encoder_layers=2,
@@ -270,7 +270,7 @@ class ScoreCliTest(parameterized.TestCase):
     in_file = _write_lines(self.dir / "in.jsonl", [json.dumps(_GOOD), "{"])
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, "-m", "prompt_jax.score", *self._args(in_file)],
+        [sys.executable, "-m", "prompt_jax.score_cli", *self._args(in_file)],
         capture_output=True, text=True, env=env, timeout=120, check=False)
     self.assertEqual(proc.returncode, 2)
     self.assertEqual(proc.stderr, f"{in_file}:2: not valid JSON (Expecting "

@@ -1,4 +1,4 @@
-"""Tests for prompt_jax.scoring: parity with transformers' label loss."""
+"""Tests for prompt_jax.scoring.scorer: parity with transformers' label loss."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -6,12 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_jax import parity_checks
+from prompt_jax.testing import parity_checks
 from prompt_jax import partitioning
-from prompt_jax import scoring
+from prompt_jax.scoring import scorer as scoring
 from prompt_jax import testing
 from prompt_jax import types
-from prompt_jax.t5 import network
+from prompt_jax.backbones.t5 import network
 
 # Ragged on purpose: different input and target lengths per example.
 _INPUT_LENGTHS = parity_checks.SCORE_INPUT_LENGTHS

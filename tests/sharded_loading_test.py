@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 from safetensors import numpy as st_numpy
 
-from prompt_jax import lazy_tensors
+from prompt_jax.backbones import lazy_tensors
 from prompt_jax import partitioning
 from prompt_jax import testing
-from prompt_jax.decoder import gguf_loading
-from prompt_jax.decoder import hf_loading
-from prompt_jax.decoder import network as decoder_network
-from prompt_jax.t5 import convert
-from prompt_jax.t5 import loading
-from prompt_jax.t5 import network
-from prompt_jax.t5 import t5x_format
+from prompt_jax.backbones.llama import gguf_loading
+from prompt_jax.backbones.llama import hf_loading
+from prompt_jax.backbones.llama import network as decoder_network
+from prompt_jax.backbones.t5 import convert
+from prompt_jax.backbones.t5 import loading
+from prompt_jax.backbones.t5 import network
+from prompt_jax.backbones.t5 import t5x_format
 
 MESH = partitioning.make_mesh(2, 4)
 RULES = partitioning.standard_logical_axis_rules("model")

@@ -1,4 +1,4 @@
-"""Tests `prompt_jax.evaluate.evaluate(span_constraint=True)`.
+"""Tests `evaluate(constraint_fn=tasks.squad.span_constraint_fn())`.
 
 A tiny random T5 with a random `.npy` prompt evaluates a small in-memory
 SQuAD-style task (`question: ... context: ...` inputs; `evaluate` has no
@@ -14,9 +14,10 @@ import re
 import numpy as np
 import pytest
 
-from prompt_jax import data as data_lib
+from prompt_jax.data import seqio_batches as data_lib
 from prompt_jax import evaluate as evaluate_lib
-from prompt_jax import run_setup
+from prompt_jax import setup as run_setup
+from prompt_jax.methods import prompt_tuning
 from tasks import squad
 from tasks import testing_tasks
 from tasks import vocab
@@ -58,10 +59,10 @@ def _evaluate(tmp_path: pathlib.Path, span_constraint: bool) -> list[str]:
   model_dir = tmp_path / f"run_{span_constraint}"
   evaluate_lib.evaluate(
       model_dir=str(model_dir), backbone=_tiny_backbone(),
-      prompt=run_setup.PromptConfig(length=P), prompt_file=str(prompt_file),
+      method=prompt_tuning.PromptTuning(length=P), prompt_file=str(prompt_file),
       dataset_cfg=data_lib.DatasetConfig(
           TASK, {"inputs": 64, "targets": 8}, "validation", 8),
-      span_constraint=span_constraint)
+      constraint_fn=squad.span_constraint_fn() if span_constraint else None)
   path = model_dir / "eval" / f"{TASK}_predictions.jsonl"
   lines = [json.loads(line) for line in path.read_text().splitlines()]
   predictions = [r for r in lines if "prediction" in r]

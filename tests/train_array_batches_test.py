@@ -21,11 +21,12 @@ import optax
 import pytest
 
 from prompt_jax import checkpoints
-from prompt_jax import run_setup
+from prompt_jax import setup as run_setup
 from prompt_jax import testing
 from prompt_jax import train as train_lib
-from prompt_jax.array_batches import MixtureBatches
-from prompt_jax.prompts import specs
+from prompt_jax.data.array_batches import MixtureBatches
+from prompt_jax.methods.prompt_tuning import specs
+from prompt_jax.methods import prompt_tuning
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 _RNG = np.random.RandomState(0)
@@ -51,7 +52,7 @@ def _train(model_dir, steps: int, positions: list[int] | None = None,
       model_dir=str(model_dir),
       backbone=run_setup.BackboneConfig(preset="tiny", kind="decoder",
                                         random_weights=True),
-      prompt=run_setup.PromptConfig(length=4, init=specs.random_uniform()),
+      method=prompt_tuning.PromptTuning(length=4, init=specs.random_uniform()),
       optimizer=optax.adam(0.05), total_steps=steps,
       train_batches_fn=batches_fn, target_length=2,
       checkpoint_cfg=checkpoints.CheckpointConfig(save_every_steps=1,
@@ -154,9 +155,9 @@ def test_batches_fn_must_start_at_the_given_position(tmp_path):
 def test_train_imports_without_seqio_and_tensorflow():
   code = ("import sys; sys.modules['seqio'] = None; "
           "sys.modules['tensorflow'] = None; "
-          "import prompt_jax.train, prompt_jax.array_batches; "
-          "assert 'prompt_jax.data' not in sys.modules; "
-          "assert 'prompt_jax.evaluation' not in sys.modules; print('ok')")
+          "import prompt_jax.train, prompt_jax.data.array_batches; "
+          "assert 'prompt_jax.data.seqio_batches' not in sys.modules; "
+          "assert 'prompt_jax.evaluators.teacher_forced' not in sys.modules; print('ok')")
   env = dict(os.environ, PYTHONPATH=str(_REPO), JAX_PLATFORMS="cpu")
   done = subprocess.run([sys.executable, "-c", code], cwd=_REPO, env=env,
                         capture_output=True, text=True, timeout=120,

@@ -8,12 +8,12 @@ import numpy as np
 import optax
 import pytest
 
-from prompt_jax import model as model_lib
 from prompt_jax import optim
 from prompt_jax import partitioning
 from prompt_jax import testing
 from prompt_jax import trainer as trainer_lib
-from prompt_jax.t5 import network
+from prompt_jax.backbones.t5 import network
+from prompt_jax.methods.prompt_tuning import method as prompt_tuning_lib
 
 CFG = testing.tiny_t5_config(emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64)
 P = 20
@@ -38,7 +38,7 @@ def _setup(mesh_shape=(2, 4), lr=0.3, microbatches=1, opt=None):
   rules = partitioning.standard_logical_axis_rules("model")
   frozen = partitioning.init_params(network.T5Transformer(CFG),
                                     jax.random.key(0), mesh, rules)
-  model = model_lib.PromptT5Model(CFG, P)
+  model = prompt_tuning_lib.t5_model(CFG, P)
   opt = opt or optim.make_optimizer(name="adafactor", learning_rate=lr,
                                     weight_decay=1e-5)
   trainer = trainer_lib.Trainer(model, opt, mesh, rules,
@@ -53,7 +53,7 @@ def test_train_step_outputs_only_the_prompt_and_its_state():
   its gradient, its Adafactor moments) is computed into the step's output."""
   trainer, frozen = _setup()
   state = trainer.init_state(jax.random.key(1))
-  prompt_before = np.array(trainer.model.prompt_of(state.trainable))
+  prompt_before = np.array(trainer.model.method.prompt_of(state.trainable))
   batch = trainer.put_batch(_toy_batch())
   out = trainer.lower_train_step(state, frozen, batch,
                                  jax.random.key(2)).out_info
@@ -66,7 +66,7 @@ def test_train_step_outputs_only_the_prompt_and_its_state():
                                         jax.random.key(2))
   assert int(state.step) == 3
   assert np.isfinite(float(metrics["loss"]))
-  prompt = np.array(trainer.model.prompt_of(state.trainable))
+  prompt = np.array(trainer.model.method.prompt_of(state.trainable))
   assert (prompt != prompt_before).mean() > 0.9
 
 
@@ -99,7 +99,7 @@ def test_state_and_batch_shardings():
   state, metrics = trainer.train_step(state, frozen,
                                       trainer.put_batch(_toy_batch()),
                                       jax.random.key(2))
-  prompt = trainer.model.prompt_of(state.trainable)
+  prompt = trainer.model.method.prompt_of(state.trainable)
   assert prompt.sharding.is_fully_replicated
   batch = trainer.put_batch(_toy_batch())
   assert batch["encoder_input_tokens"].sharding.spec == jax.sharding.PartitionSpec(
@@ -126,10 +126,10 @@ def test_microbatches_accumulate_the_whole_batch_gradient():
   lr = 0.5
   trainer, frozen = _setup((8, 1), microbatches=4, opt=optax.sgd(lr))
   state = trainer.init_state(jax.random.key(1))
-  before = np.array(trainer.model.prompt_of(state.trainable))
+  before = np.array(trainer.model.method.prompt_of(state.trainable))
   state, metrics = trainer.train_step(
       state, frozen, trainer.put_batch(_toy_batch()), jax.random.key(2))
-  step = before - np.array(trainer.model.prompt_of(state.trainable))
+  step = before - np.array(trainer.model.method.prompt_of(state.trainable))
   np.testing.assert_allclose(step, lr * g, rtol=0, atol=1e-3 * lr * scale)
   assert float(metrics["loss"]) == pytest.approx(
       float(sums["loss_sum"] / sums["tokens"]), rel=1e-5)

@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from prompt_jax import data_root as data_root_lib
-from prompt_jax import unseen_decoder_eval as ude
+from prompt_jax.data import root as data_root_lib
+from prompt_jax.evaluators import unseen_decoder as ude
 
 FOLDER = "superglue-cb"
 # order='globale' reads the test rows while choosing what to skip.

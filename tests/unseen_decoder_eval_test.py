@@ -1,4 +1,4 @@
-"""Tests for prompt_jax.unseen_decoder_eval (MetaICL unseen tasks, decoder).
+"""Tests for prompt_jax.evaluators.unseen_decoder (MetaICL unseen tasks, decoder).
 
 A tiny random decoder and a stub word tokenizer on two real MetaICL test
 tasks (superglue-cb: classification; superglue-copa: multiple choice with
@@ -15,12 +15,13 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_jax import decoder_model
-from prompt_jax import run_setup
-from prompt_jax import unseen_decoder_eval as ude
-from prompt_jax import unseen_eval
-from prompt_jax.decoder import testing as decoder_testing
+from prompt_jax import setup as run_setup
+from prompt_jax.evaluators import unseen_decoder as ude
+from prompt_jax.evaluators import unseen as unseen_eval
+from prompt_jax.testing import llama as decoder_testing
 from prompt_jax.icl import calibration
+from prompt_jax.methods.prompt_tuning import method as prompt_tuning_lib
+from prompt_jax.methods import prompt_tuning
 from tasks import kshot
 from tasks import metaicl
 
@@ -37,7 +38,7 @@ def _encode(text: str) -> list[int]:
 
 @pytest.fixture(scope="module", name="scorer")
 def _scorer():
-  model = decoder_model.PromptDecoderModel(CFG, 3)
+  model = prompt_tuning_lib.decoder_model(CFG, 3)
   return ude.DecoderScorer(model, decoder_testing.random_params(CFG, seed=0),
                            _encode)
 
@@ -223,7 +224,7 @@ def test_bad_settings_are_one_line_errors():
     unseen_eval.evaluate_unseen(
         model_dir="/nonexistent", backbone=run_setup.BackboneConfig(
             random_weights=True, preset="t5_1_1_tiny", kind="t5"),
-        prompt=run_setup.PromptConfig(length=4), task_names=["x"],
+        method=prompt_tuning.PromptTuning(length=4), task_names=["x"],
         task_feature_lengths={"inputs": 8, "targets": 4},
         decoder_method="channel")
 

@@ -1,4 +1,4 @@
-"""Tests for demonstration-order selection in prompt_jax.unseen_decoder_eval.
+"""Tests for demonstration-order selection in prompt_jax.evaluators.unseen_decoder.
 
 GlobalE / LocalE order selection (Lu et al. 2022) on real MetaICL rows
 (superglue-cb: one option set; superglue-copa: per-row options), seed 13.
@@ -14,13 +14,14 @@ import zlib
 import numpy as np
 import pytest
 
-from prompt_jax import decoder_model
-from prompt_jax import kshot_option_scores
-from prompt_jax import unseen_decoder_eval as ude
-from prompt_jax.decoder import testing as decoder_testing
+from prompt_jax.scoring import kshot as kshot_option_scores
+from prompt_jax.evaluators import unseen_decoder as ude
+from prompt_jax.testing import llama as decoder_testing
 from prompt_jax.icl import kshot_format
 from prompt_jax.icl import metaicl_pool
 from prompt_jax.icl import order_selection
+from prompt_jax.methods.prompt_tuning import method as prompt_tuning_lib
+from prompt_jax.methods import prompt_tuning
 
 CFG = decoder_testing.tiny_decoder_config(num_layers=2,
                                           max_position_embeddings=2048)
@@ -47,7 +48,7 @@ def _decode(ids) -> str:
 
 @pytest.fixture(scope="module", name="scorer")
 def _scorer():
-  model = decoder_model.PromptDecoderModel(CFG, 3)
+  model = prompt_tuning_lib.decoder_model(CFG, 3)
   return ude.DecoderScorer(model, decoder_testing.random_params(CFG, seed=0),
                            _encode, decode=_decode)
 
@@ -242,8 +243,8 @@ def test_end_to_end_globale_on_the_tiny_decoder(scorer, tmp_path):
 
 
 def test_evaluate_unseen_passes_the_order_to_the_decoder_config(monkeypatch):
-  from prompt_jax import run_setup  # pylint: disable=g-import-not-at-top
-  from prompt_jax import unseen_eval  # pylint: disable=g-import-not-at-top
+  from prompt_jax import setup as run_setup  # pylint: disable=g-import-not-at-top
+  from prompt_jax.evaluators import unseen as unseen_eval  # pylint: disable=g-import-not-at-top
   seen = {}
   monkeypatch.setattr(ude, "evaluate_unseen_decoder_run",
                       lambda **kwargs: seen.update(kwargs) or {})
@@ -251,7 +252,7 @@ def test_evaluate_unseen_passes_the_order_to_the_decoder_config(monkeypatch):
       model_dir="/nonexistent", task_names=["hr_to_lr"], k_shot=2,
       backbone=run_setup.BackboneConfig(preset="tiny", kind="decoder",
                                         random_weights=True),
-      prompt=run_setup.PromptConfig(length=2),
+      method=prompt_tuning.PromptTuning(length=2),
       task_feature_lengths={"inputs": 200, "targets": 56},
       decoder_order="locale", decoder_order_probe="dev")
   cfg = seen["cfg"]

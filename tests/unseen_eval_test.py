@@ -1,4 +1,4 @@
-"""Tests for prompt_jax.unseen_eval (the `--mode=unseen` entry point).
+"""Tests for prompt_jax.evaluators.unseen (the `--mode=unseen` entry point).
 
 End to end: the real gin files, the tiny random T5 and a random `.npy`
 prompt on three MetaICL test tasks (classification, multiple choice,
@@ -18,8 +18,9 @@ import pytest
 import seqio
 
 from prompt_jax import main as main_lib
-from prompt_jax import run_setup
-from prompt_jax import unseen_eval
+from prompt_jax import setup as run_setup
+from prompt_jax.evaluators import unseen as unseen_eval
+from prompt_jax.methods import prompt_tuning
 from tasks import metaicl
 from tasks import testing_tasks
 from tasks import vocab
@@ -131,7 +132,7 @@ def test_zero_shot_equals_independent_log_likelihoods(tmp_path, monkeypatch):
   prompt_file = _prompt_file(tmp_path)
   table = unseen_eval.evaluate_unseen(
       model_dir=str(tmp_path / "run"), backbone=_tiny_backbone(),
-      prompt=run_setup.PromptConfig(length=P), task_names=[CB, COPA],
+      method=prompt_tuning.PromptTuning(length=P), task_names=[CB, COPA],
       task_feature_lengths=LONG, batch_size=8, prompt_file=prompt_file,
       max_examples_per_task=5, score_normalization="sum",
       output_dir=str(tmp_path / "tables"))

@@ -17,12 +17,14 @@ import pytest
 import seqio
 
 from prompt_jax import main as main_lib
-from prompt_jax import predicting
-from prompt_jax import run_setup
-from prompt_jax import unseen_eval
+from prompt_jax.decoding import predictor as predicting
+from prompt_jax import setup as run_setup
+from prompt_jax.evaluators import unseen as unseen_eval
 from prompt_jax.icl import calibration
-from prompt_jax.t5 import network
-from tasks import metaicl
+from prompt_jax.icl import metaicl_pool
+from prompt_jax.backbones.t5 import network
+from prompt_jax.methods import prompt_tuning
+from tasks import metaicl  # pylint: disable=unused-import  Registers CB.
 from tasks import vocab
 
 CB = "metaicl_superglue_cb_v100"
@@ -39,7 +41,7 @@ def setup():
           preset="t5_1_1_tiny", random_weights=True, overrides={
           "vocab_size": 32128, "emb_dim": H, "num_heads": 4, "head_dim": 16,
           "mlp_dim": 128}),
-      prompt=run_setup.PromptConfig(length=P), mesh_cfg=run_setup.MeshConfig())
+      method=prompt_tuning.PromptTuning(length=P), mesh_cfg=run_setup.MeshConfig())
   prompt = np.random.default_rng(3).uniform(-0.5, 0.5, (P, H))
   trainable = {"prompt": {"prompt": jnp.asarray(prompt, jnp.float32)}}
   predictor = predicting.Predictor(
@@ -72,13 +74,14 @@ def _option_scores(setup, inputs, options):
 
 
 def _predictions_of(monkeypatch, fn):
-  """Runs fn(); returns the predictions unseen_eval scored (one call)."""
+  """Runs fn(); returns the predictions unseen_eval scored (one scoring run;
+  its metrics all see the same predictions)."""
   seen = []
-  accuracy = metaicl.exact_match_accuracy
-  monkeypatch.setattr(metaicl, "exact_match_accuracy",
+  accuracy = metaicl_pool.exact_match_accuracy
+  monkeypatch.setattr(metaicl_pool, "exact_match_accuracy",
                       lambda t, p: seen.append(list(p)) or accuracy(t, p))
   row = fn()
-  assert len(seen) == 1
+  assert seen and all(p == seen[0] for p in seen), seen
   return row, seen[0]
 
 
@@ -176,7 +179,7 @@ def _evaluate(**kwargs):
   return unseen_eval.evaluate_unseen(
       model_dir="/nonexistent", backbone=run_setup.BackboneConfig(
           preset="t5_1_1_tiny", random_weights=True),
-      prompt=run_setup.PromptConfig(length=P),
+      method=prompt_tuning.PromptTuning(length=P),
       task_names=[CB], task_feature_lengths=LENGTHS, **kwargs)
 
 

@@ -1,8 +1,8 @@
-"""Tests for prompt_jax.unseen_table: the tasks left out of the mean are
+"""Tests for prompt_jax.evaluators.tables: the tasks left out of the mean are
 named under the Markdown table (or "none"), and those of a MetaICL test
 mixture that the mixture lacks are found."""
 
-from prompt_jax import unseen_table
+from prompt_jax.evaluators import tables as unseen_table
 from prompt_jax.icl import metaicl_pool
 
 

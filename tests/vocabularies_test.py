@@ -1,9 +1,9 @@
-"""Tests for prompt_jax.vocabularies against the shared T5 spiece model."""
+"""Tests for prompt_jax.backbones.t5.tokenizer against the shared T5 spiece model."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from prompt_jax import vocabularies
+from prompt_jax.backbones.t5 import tokenizer as vocabularies
 
 _SENTENCES = (
     "The house is wonderful.",

@@ -2,8 +2,8 @@
 
 Inputs are per-option log-scores [N, C]: for each of N examples and C
 answer options, the summed log-likelihood of the option given the (k-shot)
-input, as `PromptDecoderModel.score_batch` / `PromptT5Model.score_batch`
-return and `prompt_jax.rank_classification` groups. Everything here is
+input, as `TunedModel.score_batch`
+return and `prompt_jax.scoring.rank` groups. Everything here is
 numpy on the host (float64), after scoring.
 
 Contextual calibration (Zhao et al. 2021, "Calibrate Before Use"):

@@ -22,8 +22,8 @@ A row with no real tokens gets the zero vector, which
 import jax.numpy as jnp
 
 from prompt_jax import types
-from prompt_jax.decoder import network as decoder_network
-from prompt_jax.t5 import network as t5_network
+from prompt_jax.backbones.llama import network as decoder_network
+from prompt_jax.backbones.t5 import network as t5_network
 
 Array = types.Array
 

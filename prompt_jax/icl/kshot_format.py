@@ -2,7 +2,7 @@
 
 No seqio or TensorFlow: `tasks.kshot` wraps this into seqio tasks, and the
 unseen-task evaluation and the seqio-free meta-training path
-(`meta_train_examples`, `prompt_jax.array_batches`) call it directly.
+(`meta_train_examples`, `prompt_jax.data.array_batches`) call it directly.
 
 Formats (MetaICL, `metaicl/data.py`; `separator` between a demonstration's
 two halves and `demo_separator` between examples, both " " by default):
@@ -114,6 +114,16 @@ def sampled_demonstrations(pool: Sequence[Demo], query_index: int, k: int,
 
 
 # ---------------------------------- text -----------------------------------
+
+
+def kshot_text(demonstrations: Sequence[Demo], text: str,
+               separator: str = " ") -> str:
+  """MetaICL's direct k-shot input: `in_1 out_1 ... in_k out_k text`.
+
+  Example: `kshot_text([("2+2", "4")], "3+3")` → `"2+2 4 3+3"`.
+  """
+  parts = [s for pair in demonstrations for s in pair]
+  return separator.join([*parts, text])
 
 
 def _pair_text(x: str, y: str, method: str) -> tuple[str, str]:

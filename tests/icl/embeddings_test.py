@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_jax import testing as t5_testing
-from prompt_jax.decoder import network as decoder_network
-from prompt_jax.decoder import testing as decoder_testing
+from prompt_jax.backbones.llama import network as decoder_network
+from prompt_jax.testing import llama as decoder_testing
 from prompt_jax.icl import demo_selection
 from prompt_jax.icl import embeddings
-from prompt_jax.t5 import network as t5_network
+from prompt_jax.backbones.t5 import network as t5_network
 
 DECODER_CFG = decoder_testing.tiny_decoder_config()
 T5_CFG = t5_testing.tiny_t5_config()

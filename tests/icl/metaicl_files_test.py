@@ -78,8 +78,8 @@ def test_unfit_meta_train_examples_raise_or_are_listed():
 def test_library_and_bench_import_without_seqio_tensorflow_or_gin():
   code = ("import sys\n"
           "for m in ('seqio', 'tensorflow', 'gin'): sys.modules[m] = None\n"
-          "import prompt_jax.unseen_decoder_eval, prompt_jax.train\n"
-          "import prompt_jax.array_batches, prompt_jax.option_scoring\n"
+          "import prompt_jax.evaluators.unseen_decoder, prompt_jax.train\n"
+          "import prompt_jax.data.array_batches, prompt_jax.scoring.options\n"
           "sys.path.insert(0, 'bench')\n"
           "import metaicl_results\n"
           "print(len(metaicl_results.test_folders('hr_to_lr',"

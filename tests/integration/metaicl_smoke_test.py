@@ -11,7 +11,7 @@ The saved prompt is then evaluated by `--mode=unseen`'s decoder path
 fourth task outside the mixture, k = 2, seeds 13 and 21, 4 test rows:
 
   table = ude.evaluate_unseen_decoder_run(
-      model_dir=model_dir, backbone=BACKBONE, prompt=PROMPT, mesh_cfg=MESH,
+      model_dir=model_dir, backbone=BACKBONE, method=PROMPT, mesh_cfg=MESH,
       task_names=["superglue-copa"], cfg=EVAL_CFG, trained_on=[MIXTURE])
   table["rows"][0]["seeds"]  # {"13": accuracy, "21": accuracy}
 """
@@ -24,11 +24,12 @@ import optax
 import pytest
 import seqio
 
-from prompt_jax import data as data_lib
-from prompt_jax import run_setup
+from prompt_jax.data import seqio_batches as data_lib
+from prompt_jax import setup as run_setup
 from prompt_jax import train as train_lib
-from prompt_jax import unseen_decoder_eval as ude
-from prompt_jax.prompts import specs
+from prompt_jax.evaluators import unseen_decoder as ude
+from prompt_jax.methods.prompt_tuning import specs
+from prompt_jax.methods import prompt_tuning
 from tasks import kshot
 from tasks import meta_training
 
@@ -45,7 +46,7 @@ ROWS = 4
 BACKBONE = run_setup.BackboneConfig(
     random_weights=True, preset="tiny", kind="decoder", vocab_path="smollm2",
     overrides={"vocab_size": 49152, "max_position_embeddings": 512})
-PROMPT = run_setup.PromptConfig(length=PROMPT_LENGTH,
+PROMPT = prompt_tuning.PromptTuning(length=PROMPT_LENGTH,
                                 init=specs.random_uniform())
 MESH = run_setup.MeshConfig(data=8, model=1)
 EVAL_CFG = ude.DecoderEvalConfig(k=K, seeds=SEEDS, max_rows_per_task=ROWS,
@@ -78,7 +79,7 @@ def _trained(mixture, tmp_path_factory):
   """(model_dir, train result) of a 6-step meta-training run."""
   model_dir = str(tmp_path_factory.mktemp("metaicl_smoke"))
   result = train_lib.train(
-      model_dir=model_dir, backbone=BACKBONE, prompt=PROMPT,
+      model_dir=model_dir, backbone=BACKBONE, method=PROMPT,
       train_dataset_cfg=data_lib.DatasetConfig(
           mixture, {"inputs": MAX_LENGTH, "targets": 16}, "meta_train",
           batch_size=8, feature_converter="prefix_lm", trim_to_multiple=64),
@@ -109,7 +110,7 @@ def test_unseen_task_is_refused_if_trained_on(trained, mixture):
   model_dir, _ = trained
   with pytest.raises(ValueError, match="kilt_fever.*trained on"):
     ude.evaluate_unseen_decoder_run(
-        model_dir=model_dir, backbone=BACKBONE, prompt=PROMPT, mesh_cfg=MESH,
+        model_dir=model_dir, backbone=BACKBONE, method=PROMPT, mesh_cfg=MESH,
         task_names=["kilt_fever"], cfg=EVAL_CFG, trained_on=[mixture])
 
 
@@ -120,7 +121,7 @@ def test_meta_trained_prompt_on_unseen_task(trained, mixture):
   assert trained_folders == set(TRAIN_FOLDERS)
   assert UNSEEN_FOLDER not in trained_folders
   table = ude.evaluate_unseen_decoder_run(
-      model_dir=model_dir, backbone=BACKBONE, prompt=PROMPT, mesh_cfg=MESH,
+      model_dir=model_dir, backbone=BACKBONE, method=PROMPT, mesh_cfg=MESH,
       task_names=[UNSEEN_FOLDER], cfg=EVAL_CFG, trained_on=[mixture],
       output_dir=os.path.join(model_dir, "unseen"))
   assert table["prompt"] and table["skipped"] == []

@@ -16,17 +16,19 @@ import optax
 import pytest
 
 from prompt_jax import checkpoints
-from prompt_jax import data as data_lib
-from prompt_jax import run_setup
+from prompt_jax.data import seqio_batches as data_lib
+from prompt_jax import setup as run_setup
 from prompt_jax import train as train_lib
 from prompt_jax import trainer as trainer_lib
-from prompt_jax.prompts import specs
+from prompt_jax.methods import prompt_tuning
+from prompt_jax.methods.prompt_tuning import specs
 
 _CHILD = """
 import os, signal, sys
 from prompt_jax import console
 console.setup(native_filter=True)  # As `python -m prompt_jax.main` does.
-from prompt_jax import evaluation, main
+from prompt_jax.evaluators import teacher_forced as evaluation
+from prompt_jax import main
 original = evaluation.teacher_forced
 def interrupted(*args, **kwargs):
   os.kill(os.getpid(), signal.SIGTERM)  # Arrives while evaluating.
@@ -86,7 +88,7 @@ def test_sigterm_during_a_step_or_a_save(where, tmp_path, monkeypatch):
       model_dir=str(tmp_path), backbone=run_setup.BackboneConfig(
           preset="t5_1_1_tiny", random_weights=True,
           overrides={"vocab_size": 32128}),
-      prompt=run_setup.PromptConfig(length=4, init=specs.random_uniform()),
+      method=prompt_tuning.PromptTuning(length=4, init=specs.random_uniform()),
       train_dataset_cfg=data_lib.DatasetConfig(
           "sst2_v100", {"inputs": 16, "targets": 4}, "train", 8),
       optimizer=optax.sgd(0.1), total_steps=50,

@@ -14,11 +14,12 @@ import time
 import numpy as np
 import pytest
 
-from prompt_jax import data as data_lib
+from prompt_jax.data import seqio_batches as data_lib
 from prompt_jax import infer as infer_lib
 from prompt_jax import main as main_lib
-from prompt_jax import run_setup
+from prompt_jax import setup as run_setup
 from prompt_jax import testing
+from prompt_jax.methods import prompt_tuning
 
 COMMON = [
     "--gin_file=models/t5_1_1_tiny.gin",
@@ -98,7 +99,7 @@ def test_train_then_eval_then_infer(tmp_path):
   # Scores for a task split, through the library entry point directly.
   scored = infer_lib.infer(
       model_dir=model_dir, backbone=_tiny_backbone(),
-      prompt=run_setup.PromptConfig(length=8), output_file=str(
+      method=prompt_tuning.PromptTuning(length=8), output_file=str(
           tmp_path / "scores.jsonl"), mode="score",
       dataset_cfg=data_lib.DatasetConfig(
           "sst2_v100", {"inputs": 32, "targets": 4}, "validation", 64))

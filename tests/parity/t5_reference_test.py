@@ -1,6 +1,6 @@
 """Parity of the Flax T5 with Hugging Face transformers on random weights.
 
-The numbers come from `prompt_jax.parity_checks`, which also bounds them;
+The numbers come from `prompt_jax.testing.parity_checks`, which also bounds them;
 `bench/parity_checks.py` stores the same measurements for docs/RESULTS.md.
 """
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from prompt_jax import parity_checks as pc
+from prompt_jax.testing import parity_checks as pc
 from prompt_jax import testing
-from prompt_jax.t5 import layers
+from prompt_jax.backbones import layers
 
 STYLES = sorted(testing.HF_STYLES)
 

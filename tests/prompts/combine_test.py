@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_jax.prompts import combine
+from prompt_jax.methods.prompt_tuning import combine
 
 # x[b, t] = [10 * b + t + 1, -(10 * b + t + 1)]; prompt rows are 100, 200.
 B, T, H, P = 3, 4, 2, 2

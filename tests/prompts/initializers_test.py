@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from prompt_jax import types
-from prompt_jax.prompts import initializers
-from prompt_jax.prompts import modules
+from prompt_jax.methods.prompt_tuning import initializers
+from prompt_jax.methods.prompt_tuning import modules
 
 V, H = 6000, 4  # Larger than the 5,000-token population.
 

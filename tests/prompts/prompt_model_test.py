@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from prompt_jax import testing
-from prompt_jax.prompts import combine
-from prompt_jax.prompts import initializers
-from prompt_jax.prompts import modules
-from prompt_jax.t5 import network
+from prompt_jax.methods.prompt_tuning import combine
+from prompt_jax.methods.prompt_tuning import initializers
+from prompt_jax.methods.prompt_tuning import modules
+from prompt_jax.backbones.t5 import network
 
 CFG = testing.tiny_t5_config()
 P = 3

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_jax.prompts import specs
+from prompt_jax.methods.prompt_tuning import specs
 
 V, H = 100, 3
 

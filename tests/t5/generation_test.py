@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from prompt_jax import decoding
+from prompt_jax.decoding import search as decoding
 from prompt_jax import testing
-from prompt_jax.t5 import convert
-from prompt_jax.t5 import generation
-from prompt_jax.t5 import seams as seams_lib
-from prompt_jax.t5.network import T5Transformer
+from prompt_jax.backbones.t5 import convert
+from prompt_jax.backbones.t5 import generation
+from prompt_jax.backbones import seams as seams_lib
+from prompt_jax.backbones.t5.network import T5Transformer
 
 EOS = 1
 

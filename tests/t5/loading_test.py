@@ -15,10 +15,10 @@ import pytest
 from safetensors import numpy as st_numpy
 
 from prompt_jax import testing
-from prompt_jax.t5 import convert
-from prompt_jax.t5 import loading
-from prompt_jax.t5 import network
-from prompt_jax.t5 import t5x_format
+from prompt_jax.backbones.t5 import convert
+from prompt_jax.backbones.t5 import loading
+from prompt_jax.backbones.t5 import network
+from prompt_jax.backbones.t5 import t5x_format
 
 STYLES = sorted(testing.HF_STYLES)
 _REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -131,7 +131,7 @@ def test_hf_pytorch_bin_bfloat16(tmp_path):
 def test_hf_safetensors_load_does_not_import_torch(tmp_path):
   model, cfg, _ = _hf("t5_1_1")
   model.save_pretrained(tmp_path)
-  code = ("import sys; from prompt_jax.t5 import loading; "
+  code = ("import sys; from prompt_jax.backbones.t5 import loading; "
           f"cfg, _ = loading.load_hf_dir({str(tmp_path)!r}); "
           "print(cfg.mlp_dim, 'torch' in sys.modules)")
   env = dict(os.environ, JAX_PLATFORMS="cpu")

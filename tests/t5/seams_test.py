@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_jax import testing
-from prompt_jax.t5 import attention
-from prompt_jax.t5 import network
-from prompt_jax.t5 import seams as seams_lib
+from prompt_jax.backbones.t5 import attention
+from prompt_jax.backbones.t5 import network
+from prompt_jax.backbones import seams as seams_lib
 
 CFG = testing.tiny_t5_config(num_encoder_layers=2, num_decoder_layers=2)
 N, D, H, F = CFG.num_heads, CFG.head_dim, CFG.emb_dim, CFG.mlp_dim

@@ -13,8 +13,8 @@ import jax
 import pytest
 
 from prompt_jax import partitioning
-from prompt_jax.t5 import config as config_lib
-from prompt_jax.t5 import network
+from prompt_jax.backbones.t5 import config as config_lib
+from prompt_jax.backbones.t5 import network
 
 # preset -> (exact HF `num_parameters()`, rounded published size).
 _PUBLISHED = {

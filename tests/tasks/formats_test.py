@@ -14,7 +14,7 @@ import seqio
 import tensorflow as tf
 
 import tasks
-from prompt_jax import rank_classification as rc
+from prompt_jax.scoring import rank as rc
 from tasks import formats
 from tasks import preprocessors
 from tasks import sentence_sources

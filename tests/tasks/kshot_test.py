@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import seqio
 
-from prompt_jax import data as data_lib
+from prompt_jax.data import seqio_batches as data_lib
 import tasks  # Registers every task.
 from tasks import kshot
 from tasks import metaicl

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from prompt_jax import data_root as data_root_lib
+from prompt_jax.data import root as data_root_lib
 import tasks  # Registers every task.
 from tasks import vocab
 

@@ -8,7 +8,7 @@ import logging
 
 import seqio
 
-from prompt_jax import data_root as data_root_lib
+from prompt_jax.data import root as data_root_lib
 import tasks  # Registers every task and mixture.
 from tasks import kshot
 from tasks import meta_training

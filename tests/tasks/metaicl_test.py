@@ -17,7 +17,7 @@ from absl.testing import parameterized
 import seqio
 import tensorflow as tf
 
-from prompt_jax import data_root as data_root_lib
+from prompt_jax.data import root as data_root_lib
 import tasks
 from tasks import metaicl
 from tasks import vocab

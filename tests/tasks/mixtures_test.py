@@ -9,7 +9,7 @@ import json
 from absl.testing import absltest
 import seqio
 
-from prompt_jax import data_root as data_root_lib
+from prompt_jax.data import root as data_root_lib
 from tasks import metaicl
 from tasks import mixtures
 from tasks import testing_tasks

@@ -13,8 +13,8 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import seqio
 
-from prompt_jax import data
-from prompt_jax import data_root as data_root_lib
+from prompt_jax.data import seqio_batches as data
+from prompt_jax.data import root as data_root_lib
 import tasks
 from tasks import sentence_classification as sc
 from tasks import vocab

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import seqio
 
-from prompt_jax import decoder_model
-from prompt_jax.decoder import gguf_loading
-from prompt_jax.decoder import network
+from prompt_jax.backbones.llama import gguf_loading
+from prompt_jax.backbones.llama import network
+from prompt_jax.methods.prompt_tuning import method as prompt_tuning_lib
 
 import tasks  # pylint: disable=g-import-not-at-top,unused-import
 from tasks import smollm2_tasks  # pylint: disable=g-import-not-at-top
@@ -91,7 +91,7 @@ def test_postprocessor_maps_label_words():
 def test_rank_classification_matches_next_token_comparison(rows):
   cfg, params = gguf_loading.load_gguf(gguf_loading.default_smollm2_gguf())
   params = jax.device_put(params)
-  model = decoder_model.PromptDecoderModel(cfg, prompt_length=1)
+  model = prompt_tuning_lib.decoder_model(cfg, prompt_length=1)
   tok = vocab.smollm2_vocabulary().tokenizer
   options = [tok.encode(" negative"), tok.encode(" positive")]
   length = max(len(r["inputs"]) for r in rows)

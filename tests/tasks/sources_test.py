@@ -15,7 +15,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from prompt_jax import data_root as data_root_lib
+from prompt_jax.data import root as data_root_lib
 from tasks import sentence_sources as ss
 from tasks import sources
 

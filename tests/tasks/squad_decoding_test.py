@@ -14,14 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from prompt_jax import constrained_decoding as cd
-from prompt_jax import decoding
-from prompt_jax import model as model_lib
+from prompt_jax.decoding import constraints as cd
+from prompt_jax.decoding import search as decoding
 from prompt_jax import partitioning
-from prompt_jax import predicting
+from prompt_jax.decoding import predictor as predicting
 from prompt_jax import testing
-from prompt_jax.t5 import generation
-from prompt_jax.t5 import network
+from prompt_jax.backbones.t5 import generation
+from prompt_jax.backbones.t5 import network
+from prompt_jax.methods.prompt_tuning import method as prompt_tuning_lib
 from tasks import squad
 from tasks import vocab
 
@@ -142,7 +142,7 @@ class SquadDecodingTest(parameterized.TestCase):
   def test_generate_and_predictor_with_span_constraint(self):
     """The eval path: `Predictor(constraint_fn=...)` under seqio."""
     frozen = self.params
-    model = model_lib.PromptT5Model(self.cfg, prompt_length=3)
+    model = prompt_tuning_lib.t5_model(self.cfg, prompt_length=3)
     trainable = model.init_trainable(jax.random.key(1))
     constraint_fn = lambda enc: cd.span_constraint_after_marker(
         enc, marker_ids=squad.context_marker_ids(), eos_id=EOS,

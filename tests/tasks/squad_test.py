@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import seqio
 
-from prompt_jax import constrained_decoding as cd
+from prompt_jax.decoding import constraints as cd
 import tasks
 from tasks import squad
 from tasks import vocab

@@ -10,7 +10,7 @@ from unittest import mock
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from prompt_jax import data_root as data_root_lib
+from prompt_jax.data import root as data_root_lib
 from tasks import superglue_sources as sg
 
 

@@ -1,0 +1,15 @@
+"""Tuning methods behind one `Method` interface, in one literal registry.
+
+Each method is one folder (`methods/<name>/`) and one gin file
+(`gin_configs/methods/<name>.gin`); `METHODS` maps its name to its class.
+`TunedModel(lm, method)` is what the trainer and entry points run.
+"""
+
+from prompt_jax.methods.base import Method, TunedModel
+from prompt_jax.methods.full_finetune import FullFinetune
+from prompt_jax.methods.prompt_tuning import PromptTuning
+
+METHODS: dict[str, type[Method]] = {
+    "prompt_tuning": PromptTuning,
+    "full_finetune": FullFinetune,
+}
