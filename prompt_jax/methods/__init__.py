@@ -7,9 +7,11 @@ Each method is one folder (`methods/<name>/`) and one gin file
 
 from prompt_jax.methods.base import Method, TunedModel
 from prompt_jax.methods.full_finetune import FullFinetune
+from prompt_jax.methods.lora import LoRA
 from prompt_jax.methods.prompt_tuning import PromptTuning
 
 METHODS: dict[str, type[Method]] = {
     "prompt_tuning": PromptTuning,
     "full_finetune": FullFinetune,
+    "lora": LoRA,
 }
