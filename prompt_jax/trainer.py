@@ -111,6 +111,30 @@ def eval_step(trainable: PyTree, frozen: PyTree, batch: Batch, *,
   return metrics
 
 
+def opt_state_shardings(abstract_opt: PyTree, abstract_trainable: PyTree,
+                        trainable_shardings: PyTree,
+                        default: NamedSharding) -> PyTree:
+  """Shardings of an optimizer state: a leaf shaped like the trainable
+  leaf whose path ends its own path (Adam's moments, momentum) shards like
+  that leaf; any other leaf (counts, factored statistics) gets `default`.
+
+  So a trainable backbone's optimizer state is split over the mesh like the
+  weights, not replicated on every device.
+  """
+  leaves = jax.tree_util.tree_flatten_with_path(abstract_trainable)[0]
+  by_path = {path: (leaf.shape, sharding) for (path, leaf), sharding in zip(
+      leaves, jax.tree.leaves(trainable_shardings))}
+
+  def pick(path, leaf):
+    for start in range(len(path)):
+      shape, sharding = by_path.get(tuple(path[start:]), (None, None))
+      if shape is not None and shape == leaf.shape:
+        return sharding
+    return default
+
+  return jax.tree_util.tree_map_with_path(pick, abstract_opt)
+
+
 class Trainer:
   """Compiles the steps once for a mesh and owns their shardings.
 
@@ -141,11 +165,12 @@ class Trainer:
         out_shardings=replicated)
     if optimizer is None:
       return
-    abstract_opt = jax.eval_shape(
-        optimizer.init, flax.core.meta.unbox(model.abstract_trainable()))
+    abstract = flax.core.meta.unbox(model.abstract_trainable())
     self.state_shardings = TrainState(
         step=replicated, trainable=trainable_sh,
-        opt_state=jax.tree.map(lambda _: replicated, abstract_opt))
+        opt_state=opt_state_shardings(
+            jax.eval_shape(optimizer.init, abstract), abstract, trainable_sh,
+            replicated))
     self._train = partitioning.jit_sharded(
         functools.partial(train_step, model=model, optimizer=optimizer,
                           num_microbatches=num_microbatches),

@@ -59,6 +59,13 @@ def test_trainable_tree_is_the_backbone_with_its_shardings():
     assert flat_got[key].spec == sharding.spec, key
   # The MLP kernels really are split over 'model' (not all replicated).
   assert "model" in str(flat_got["layers_0/mlp/wi_0/kernel"].spec)
+  # So are Adam's moments of them (not replicated on every device).
+  moments = [sh for path, sh in jax.tree_util.tree_flatten_with_path(
+      trainer.state_shardings.opt_state)[0]
+             if "layers_0']['mlp']['wi_0" in jax.tree_util.keystr(path)]
+  assert len(moments) == 2, moments
+  for sharding in moments:
+    assert sharding.spec == flat_want["layers_0/mlp/wi_0/kernel"].spec
   before = jax.tree.map(np.array, params)
   state = trainer.init_state(jax.random.key(1))
   jax.tree.map(np.testing.assert_array_equal, before,
