@@ -442,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
     if args.demo:
-      from prompt_jax import score_cli_demo as score_demo  # pylint: disable=g-import-not-at-top
+      from prompt_jax.scoring import demo as score_demo  # pylint: disable=g-import-not-at-top
       score_demo.demo(lambda flags: run(build_parser().parse_args(flags)))
     else:
       start = time.perf_counter()

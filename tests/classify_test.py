@@ -136,11 +136,6 @@ def test_bad_arguments_fail_in_one_line(tmp_path):
     _classify(tmp_path, prompt_file=str(tmp_path / "nope.npy"))
   with pytest.raises(FileNotFoundError, match="no prompt_step_.*npy under"):
     _classify(tmp_path, prompt_file="latest")
-  with pytest.raises(ValueError, match="T5 backbones are not supported yet"):
-    classify.classify(model_dir=str(tmp_path),
-                      backbone=run_setup.BackboneConfig(
-                          preset="t5_1_1_tiny", random_weights=True),
-                      method=PROMPT, task=TASK, options=OPTIONS)
   with pytest.raises(ValueError, match="options=' positive'; give a list"):
     classify.classify(model_dir=str(tmp_path), backbone=BACKBONE,
                       method=PROMPT, task=TASK, options=" positive")
@@ -164,7 +159,51 @@ def test_main_classify_mode_exits_2_with_one_line(tmp_path, capsys):
                                f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
                                f"--gin.OPTIONS={OPTIONS}"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and "T5 backbones are not supported yet" in err[0]
+  assert len(err) == 1 and (
+      f"task '{TASK}' tokenizes with another vocabulary than the backbone"
+      in err[0]), err
+
+
+T5_TASK = "sst2_v100"
+T5_OPTIONS = ["negative", "positive"]
+T5_BACKBONE = run_setup.BackboneConfig(preset="t5_1_1_tiny",
+                                       random_weights=True,
+                                       overrides={"vocab_size": 32128})
+T5_PROMPT = prompt_tuning.PromptTuning(length=4, init=specs.random_uniform())
+
+
+@pytest.fixture(scope="module")
+def t5_run() -> run_setup.Run:
+  return run_setup.build_run(backbone=T5_BACKBONE, method=T5_PROMPT)
+
+
+def test_t5_accuracies_equal_option_scoring(tmp_path, monkeypatch, t5_run):
+  def build_run(*, backbone, method, mesh_cfg):
+    assert (backbone, method) == (T5_BACKBONE, T5_PROMPT), mesh_cfg
+    return t5_run
+  monkeypatch.setattr(classify.run_setup, "build_run", build_run)
+  (tmp_path / "prompts").mkdir()
+  prompt = np.random.RandomState(0).uniform(-3, 3, (4, 16))
+  np.save(tmp_path / "prompts" / "prompt_step_7.npy",
+          prompt.astype(np.float32))
+  result = classify.classify(
+      model_dir=str(tmp_path), backbone=T5_BACKBONE, method=T5_PROMPT,
+      task=T5_TASK, options=T5_OPTIONS, prompt_file="latest",
+      max_rows=ROWS, batch_size=8)
+  rows = classify.read_labelled_rows(T5_TASK, "validation", 2, ROWS)
+  assert rows.inputs[0][-1] == 1  # T5 ids, EOS-terminated.
+  options = [t5_run.tokenizer.encode(o) for o in T5_OPTIONS]
+  assert options == [[2841], [1465]]
+  trainable = {"prompt": {"prompt": jnp.asarray(prompt, jnp.float32)}}
+  scores = {}
+  for name, tree in (("zero_shot", None), ("prompt", trainable)):
+    scores[name] = option_scoring.score_options(
+        t5_run.model, tree, classify.scoring_params(t5_run.frozen),
+        inputs=rows.inputs, options=options, batch_size=ROWS)
+    assert result[f"{name}_accuracy"] == pytest.approx(
+        option_scoring.accuracy(scores[name], rows.labels), abs=1e-9)
+  assert not np.allclose(scores["prompt"], scores["zero_shot"], atol=1e-3)
+  assert result["prompt_file"].endswith("prompt_step_7.npy")
 
 
 def test_demo_config_covers_every_train_row():

@@ -1,9 +1,11 @@
 """The `classify` entry point: rank classification of a task split.
 
 Every row of a labelled task split (seqio; rows with `inputs` token ids and
-an int `label`) is scored with each option text as its continuation by a
-decoder backbone (`option_scoring.score_options`); the prediction is the
-best-scoring option, whose index is compared with `label`. The same rows are
+an int `label`) is scored with each option text as its continuation
+(decoder-only backbones) or its target (T5: the encoder reads the row) by
+`option_scoring.score_options`; the prediction is the best-scoring option,
+whose index is compared with `label`. The task's vocabulary must be the
+backbone's (T5: e.g. `sst2_v100`; SmolLM2: `sst2_smollm2_v100`). The same rows are
 scored with a trained soft prompt and, optionally, without one (zero-shot),
 so one call shows what the prompt bought. Gin-free; `main.py --mode=classify`
 binds it (`gin_configs/runs/classify.gin`).
@@ -189,7 +191,8 @@ def classify(*, model_dir: str, backbone: run_setup.BackboneConfig,
   Args:
     model_dir: run directory; the result goes to
       `<model_dir>/classify_<task>_<split>.json`.
-    backbone: a decoder backbone (T5 is not supported yet).
+    backbone: the backbone (decoder-only or T5); its tokenizer must give
+      the task's ids.
     method: the trained method (its artifact must match it).
     task: a registered seqio task with `inputs` ids and an int `label`.
     split: the split to classify.
@@ -207,15 +210,12 @@ def classify(*, model_dir: str, backbone: run_setup.BackboneConfig,
      'seconds'}.
 
   Raises:
-    ValueError / FileNotFoundError: one line for bad arguments, a T5
-      backbone, a missing prompt file or a bad task split.
+    ValueError / FileNotFoundError: one line for bad arguments, a task
+      vocabulary other than the backbone's, a missing prompt file or a bad
+      task split.
   """
   start = time.time()
   _check_args(options, prompt_file, compare_zero_shot, max_rows, batch_size)
-  if run_setup.backbone_kind(backbone) != "decoder":
-    raise ValueError("classify: T5 backbones are not supported yet (rank "
-                     "classification here scores decoder continuations); "
-                     "use --mode=eval for T5")
   path = resolve_prompt_file(model_dir, prompt_file, method)
   rows = read_labelled_rows(task, split, len(options), max_rows)
   run = run_setup.build_run(backbone=backbone, method=method,

@@ -1,24 +1,28 @@
-"""Option scores of k-shot MetaICL rows on a decoder (rank classification).
+"""Option scores of k-shot MetaICL rows (rank classification), either family.
 
 `option_scores` lays every (row, option) out with `kshot_format.format_ids`
-(decoder layout: the context cut from the left, the query and target whole)
-and sums log p(scored text | context) with `prompt_jax.scoring.options`:
+(the context cut from the left, the query and target whole; layout
+'decoder' for a decoder-only model, 'enc_dec' for T5, whose encoder input
+and target then end with EOS as T5 was trained) and sums log p(scored text
+| context) with `prompt_jax.scoring.options`:
 
   direct  (P(y|x)):  [x_1 y_1 ... x_k y_k x] -> score " y" for each option y
   channel (P(x|y)):  [y_1 x_1 ... y_k x_k y] -> score " x" for each option y
 
 Rows whose context and options are the same share one call and one encoded
-context (`score_options`); `share_context=False` scores every (row, option)
+context (`score_options`; a T5 reads the context in every row's encoder
+input instead of a cache); `share_context=False` scores every (row, option)
 as one padded sequence (`score_pairs`: per-row kNN contexts, fixed shapes).
 `content_free_probs` is contextual calibration's p_cf (Zhao et al. 2021):
 the options' mean distribution over `calibration.CONTENT_FREE_INPUTS` put
 where the query goes. `sample_continuations` samples text after contexts
-(order selection's probing set). `prompt_jax.evaluators.unseen_decoder` drives
+(order selection's probing set; a T5 samples its decoder output for the
+context as encoder input). `prompt_jax.evaluators.unseen_decoder` drives
 all three.
 
 Worked example (k = 1, direct, two options, summed log-probabilities):
 
-  scorer = DecoderScorer(model, frozen, encode=tokenizer.encode)
+  scorer = KShotScorer(model, frozen, encode=tokenizer.encode)
   fmt = kshot_format.KShotFormat(method="direct", layout="decoder")
   scores, cut = option_scores(scorer, fmt, [[("great film", "positive")]],
                               ["dull plot"], [("negative", "positive")])
@@ -35,6 +39,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from prompt_jax import models
 from prompt_jax.methods import base as method_base
 from prompt_jax.scoring import options as option_scoring
 from prompt_jax.icl import calibration as calibration_lib
@@ -45,9 +50,13 @@ Demo = kshot_format.Demo  # (input, output) of one demonstration.
 _GENERATE_BUCKET = 64  # Generation prompts padded to a multiple of this.
 
 
+_LAYOUTS = {models.DECODER_ONLY: "decoder", models.ENCODER_DECODER: "enc_dec"}
+
+
 @dataclasses.dataclass
-class DecoderScorer:
-  """The model, its params, an optional soft prompt, and a text encoder.
+class KShotScorer:
+  """The model (either family), its params, an optional soft prompt, and a
+  text encoder.
 
   `decode` (ids -> text, e.g. the tokenizer's) is needed only to turn
   generated ids back into text (order selection's generated probes).
@@ -66,6 +75,14 @@ class DecoderScorer:
     """`encode(text)` (cached)."""
     return list(self._encode(text))
 
+  @property
+  def layout(self) -> str:
+    """The `kshot_format` layout of the model's family."""
+    return _LAYOUTS[self.model.family]
+
+
+DecoderScorer = KShotScorer  # The name from when only decoders were scored.
+
 
 # ------------------------------ option scores ------------------------------
 
@@ -78,23 +95,30 @@ class _Cell(NamedTuple):
   truncated: bool
 
 
-def _cells(scorer: DecoderScorer, fmt, demos: Sequence[Demo], query: str,
+def _cells(scorer: KShotScorer, fmt, demos: Sequence[Demo], query: str,
            options: Sequence[str], where: str) -> list[_Cell]:
-  """The cells of one row, laid out by `kshot_format.format_ids`."""
+  """The cells of one row, laid out by `kshot_format.format_ids`; the
+  'enc_dec' layout ends the query and the target with EOS."""
+  if fmt.layout != scorer.layout:
+    raise ValueError(f"{where}: KShotFormat layout {fmt.layout!r} does not "
+                     f"fit the {scorer.model.family} model (use layout "
+                     f"{scorer.layout!r})")
+  eos = (scorer.model.config.eos_id,) if fmt.layout == "enc_dec" else ()
   cells = []
   for option in options:
     ids = kshot_format.format_ids(demos, (query, option), fmt, scorer.ids,
                                   where=where)
-    # Where the context ends does not change the score (causal LM); this
-    # split keeps the demonstrations as the shared, cached part.
+    # Where the context ends does not change the score (a causal LM, or a
+    # T5 reading [context, inputs]); this split keeps the demonstrations as
+    # the shared part.
     query_piece = kshot_format.kshot_pieces(demos, (query, option), fmt)[1]
     cut = max(0, len(ids.inputs) - len(scorer.ids(query_piece)))
-    cells.append(_Cell(tuple(ids.inputs[:cut]), tuple(ids.inputs[cut:]),
-                       tuple(ids.targets), ids.num_truncated > 0))
+    cells.append(_Cell(tuple(ids.inputs[:cut]), tuple(ids.inputs[cut:]) + eos,
+                       tuple(ids.targets) + eos, ids.num_truncated > 0))
   return cells
 
 
-def _problem(scorer: DecoderScorer, cell: _Cell) -> str | None:
+def _problem(scorer: KShotScorer, cell: _Cell) -> str | None:
   """Why a cell cannot be scored, or None."""
   if not cell.target:
     return "the scored text has no tokens"
@@ -104,7 +128,7 @@ def _problem(scorer: DecoderScorer, cell: _Cell) -> str | None:
   return None
 
 
-def option_scores(scorer: DecoderScorer, fmt, demos: Sequence[Sequence[Demo]],
+def option_scores(scorer: KShotScorer, fmt, demos: Sequence[Sequence[Demo]],
                   queries: Sequence[str], options: Sequence[Sequence[str]], *,
                   normalization: str = "sum", batch_size: int = 16,
                   share_context: bool = True, bucket: int = 16,
@@ -113,8 +137,9 @@ def option_scores(scorer: DecoderScorer, fmt, demos: Sequence[Sequence[Demo]],
 
   Args:
     scorer: model, params, prompt and encoder.
-    fmt: a `kshot_format.KShotFormat`, decoder layout (its method decides
-      what is scored: direct " y"; channel " x" after the option).
+    fmt: a `kshot_format.KShotFormat` whose layout is `scorer.layout` (its
+      method decides what is scored: direct " y"; channel " x" after the
+      option).
     demos, queries, options: per row, its demonstrations, input x, options.
     normalization: 'sum' (summed log-probability) or 'mean' (per token).
     batch_size: rows per compiled call.
@@ -175,7 +200,7 @@ def option_scores(scorer: DecoderScorer, fmt, demos: Sequence[Sequence[Demo]],
   return scores, truncated
 
 
-def content_free_probs(scorer: DecoderScorer, fmt,
+def content_free_probs(scorer: KShotScorer, fmt,
                        keys: Sequence[tuple[Sequence[Demo], Sequence[str]]],
                        *, where: str, **kwargs) -> list[np.ndarray]:
   """Per (demonstrations, options) key, p_cf [C]: the options' mean
@@ -197,7 +222,7 @@ def content_free_probs(scorer: DecoderScorer, fmt,
   return [calibration_lib.content_free_probs(np.stack(k)) for k in by_key]
 
 
-def sample_continuations(scorer: DecoderScorer, contexts: Sequence[str], *,
+def sample_continuations(scorer: KShotScorer, contexts: Sequence[str], *,
                           max_new_tokens: int, seed: int,
                           max_tokens: int) -> list[str]:
   """One sampled continuation of each context (`TunedModel.generate`,
