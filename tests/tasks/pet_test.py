@@ -2,7 +2,7 @@
 row counts) and the one-line errors of bad PVPs.
 
 Scoring these tasks with a model is tested end to end in
-tests/rank_classification_test.py.
+tests/scoring/rank_test.py.
 """
 
 from absl.testing import absltest

@@ -1,6 +1,6 @@
 """`MixtureBatches`: seqio's prefix-LM layout, mixing rates, resumption.
 
-  pytest tests/array_batches_test.py -q
+  pytest tests/data/array_batches_test.py -q
 
 The layout values are seqio's `PrefixLMFeatureConverter(pack=False,
 loss_on_targets_only=True)` output for the same examples (its docstring's

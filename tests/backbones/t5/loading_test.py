@@ -21,7 +21,7 @@ from prompt_jax.backbones.t5 import network
 from prompt_jax.backbones.t5 import t5x_format
 
 STYLES = sorted(testing.HF_STYLES)
-_REPO = pathlib.Path(__file__).resolve().parents[2]
+_REPO = pathlib.Path(__file__).resolve().parents[3]
 
 
 @functools.lru_cache(maxsize=None)
