@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import seqio
 
+from prompt_jax.data import jsonl as jsonl_io
 from prompt_jax.data import seqio_batches as data_lib
 from prompt_jax.evaluators import teacher_forced as evaluation
 from prompt_jax.decoding import predictor as predicting
@@ -59,17 +60,18 @@ def decode_metrics(predictor: predicting.Predictor, trainable, frozen,
 
 def _write(out_dir: pathlib.Path, name: str, metrics: dict,
            outputs: dict) -> None:
-  """Writes metrics JSON and one line per example of each model output."""
-  out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / f"{name}.json").write_text(json.dumps(metrics, indent=2,
-                                                   default=float))
-  with open(out_dir / f"{name}_predictions.jsonl", "w",
-            encoding="utf-8") as f:
-    for output_type, values in outputs.items():
-      kind = seqio.metrics.ModelOutputType.to_str(output_type)
-      for index, value in enumerate(values):
-        value = value.tolist() if hasattr(value, "tolist") else value
-        f.write(json.dumps({"index": index, kind: value}, default=str) + "\n")
+  """Writes metrics JSON and one line per example of each model output,
+  each file atomically (a temporary file renamed into place)."""
+  jsonl_io.write_text_atomic(out_dir / f"{name}.json", json.dumps(
+      metrics, indent=2, default=float))
+  lines = []
+  for output_type, values in outputs.items():
+    kind = seqio.metrics.ModelOutputType.to_str(output_type)
+    for index, value in enumerate(values):
+      value = value.tolist() if hasattr(value, "tolist") else value
+      lines.append(json.dumps({"index": index, kind: value}, default=str))
+  jsonl_io.write_text_atomic(out_dir / f"{name}_predictions.jsonl",
+                             "".join(line + "\n" for line in lines))
 
 
 def evaluate(*, model_dir: str, backbone: run_setup.BackboneConfig,
