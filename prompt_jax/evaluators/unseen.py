@@ -32,8 +32,12 @@ table counts trimmed inputs and options. Each seed is one run; a row reports
 the mean over seeds as `score`, the worst seed as `worst`, and every seed
 (trimmed counts are summed over seeds).
 
-ICL variants (`calibration`, `demonstrations`; the same keywords reach a
-decoder's `unseen_decoder_eval.DecoderEvalConfig`):
+In-context settings come as one `icl.config.ICLConfig` for both families.
+Channel scoring (`method='channel'`) and demonstration-order selection
+(`order='globale'|'locale'`) go, for a T5 as for a decoder, through the
+family-agnostic k-shot loop (`unseen_kshot`: MetaICL test files, the layout
+and length budget of the family; table `unseen_t5_<variant>_...`). ICL
+variants of the T5 path here (`calibration`, `demonstrations`):
   * `demonstrations='knn'` (KATE; needs k > 0): per query, the k rows of the
     seed's train pool (its whole `train_<seed>` file; tasks without one: a
     seeded sample of max(16, k) `train` rows) nearest by cosine similarity of
@@ -59,11 +63,13 @@ plus the run settings and the variant: "calibration", "demonstrations",
 Example (what `main.py --mode=unseen` runs from `runs/unseen_eval.gin`):
 
   table = evaluate_unseen(
-      model_dir="/tmp/run", backbone=run_setup.BackboneConfig(path="/ckpt/t5_base"),
+      model_dir="/tmp/run",
+      backbone=run_setup.BackboneConfig(path="/ckpt/t5_base"),
       method=prompt_tuning.PromptTuning(length=100),
-      task_names=["metaicl_hr_to_lr_test_v100"], k_shot=4,
-      task_feature_lengths={"inputs": 512, "targets": 16},
-      calibration="contextual", demonstrations="knn")
+      task_names=["metaicl_hr_to_lr_test_v100"],
+      icl=ICLConfig(k_shot=4, calibration="contextual",
+                    demonstrations="knn"),
+      task_feature_lengths={"inputs": 512, "targets": 16})
   table["variant"], table["mean"]   # 'direct_knn_calibrated', 41.3
 """
 
@@ -79,12 +85,14 @@ import numpy as np
 import seqio
 
 from prompt_jax import evaluate as evaluate_lib
+from prompt_jax import models
 from prompt_jax.decoding import predictor as predicting
 from prompt_jax import setup as run_setup
-from prompt_jax.evaluators import unseen_decoder as unseen_decoder_eval
+from prompt_jax.evaluators import unseen_kshot
 from prompt_jax.scoring import unseen_t5 as unseen_t5_scoring
 from prompt_jax.evaluators import tables as unseen_table
 from prompt_jax.icl import calibration as calibration_lib
+from prompt_jax.icl import config as icl_config
 from prompt_jax.icl import kshot_format
 from prompt_jax.icl import metaicl_pool
 from prompt_jax.evaluators.tables import add_seed_summary
@@ -94,9 +102,9 @@ from prompt_jax.evaluators.task_selection import check_unseen
 from prompt_jax.evaluators.task_selection import resolve_tasks
 
 _LOG = logging.getLogger(__name__)
-NORMALIZATIONS = ("mean", "sum")
-CALIBRATIONS = (None, "contextual")
-DEMONSTRATIONS = ("seed", "knn")
+NORMALIZATIONS = icl_config.NORMALIZATIONS
+CALIBRATIONS = icl_config.CALIBRATIONS
+DEMONSTRATIONS = icl_config.DEMONSTRATIONS
 Demo = unseen_t5_scoring.Demo
 # The T5 scoring helpers, under their historical names here.
 _Scorer = unseen_t5_scoring.T5Scorer
@@ -321,24 +329,6 @@ def write_table(table: Mapping[str, Any], output_dir: pathlib.Path
 # ------------------------------ entry point --------------------------------
 
 
-def _check_args(k_shot: int, seeds: Sequence[int], normalization: str,
-                max_examples: int | None, calibration: str | None,
-                demos: str) -> None:
-  if k_shot < 0 or (k_shot and not seeds):
-    raise ValueError(f"k_shot={k_shot} must be >= 0, with seeds when > 0")
-  if normalization not in NORMALIZATIONS:
-    raise ValueError(f"score_normalization={normalization!r}; use one of"
-                     f" {NORMALIZATIONS}")
-  if max_examples is not None and max_examples <= 0:
-    raise ValueError(f"max_examples_per_task={max_examples} must be > 0")
-  if calibration not in CALIBRATIONS:
-    raise ValueError(f"calibration={calibration!r}; use one of {CALIBRATIONS}")
-  if demos not in DEMONSTRATIONS:
-    raise ValueError(f"demonstrations={demos!r}; use one of {DEMONSTRATIONS}")
-  if demos == "knn" and not k_shot:
-    raise ValueError("demonstrations='knn' needs k_shot > 0")
-
-
 def _merge_alias(name: str, value: Any, old_name: str, old_value: Any,
                  default: Any) -> Any:
   """`value`, or its deprecated alias `old_value` if only that one is set.
@@ -355,23 +345,33 @@ def _merge_alias(name: str, value: Any, old_name: str, old_value: Any,
   return old_value
 
 
+def _with_aliases(icl: icl_config.ICLConfig, decoder_calibration: str | None,
+                  decoder_demonstrations: str) -> icl_config.ICLConfig:
+  """`icl` with the deprecated `decoder_*` aliases merged in."""
+  return dataclasses.replace(
+      icl, calibration=_merge_alias(
+          "calibration", icl.calibration, "decoder_calibration",
+          decoder_calibration, None),
+      demonstrations=_merge_alias(
+          "demonstrations", icl.demonstrations, "decoder_demonstrations",
+          decoder_demonstrations, "seed"))
+
+
+def _family(backbone: run_setup.BackboneConfig) -> str:
+  return (models.DECODER_ONLY if run_setup.backbone_kind(backbone) == "decoder"
+          else models.ENCODER_DECODER)
+
+
 def evaluate_unseen(*, model_dir: str, backbone: run_setup.BackboneConfig,
                     method: Any, task_names: Sequence[str],
-                    split: str = "test", k_shot: int = 0,
-                    seeds: Sequence[int] = (100, 13, 21, 42, 87),
+                    split: str = "test",
+                    icl: icl_config.ICLConfig = icl_config.ICLConfig(),
                     task_feature_lengths: Mapping[str, int],
                     batch_size: int = 32, prompt_file: str | None = None,
                     mesh_cfg: run_setup.MeshConfig = run_setup.MeshConfig(),
                     output_dir: str | None = None,
-                    max_examples_per_task: int | None = None,
-                    score_normalization: str = "mean",
                     trained_on: Sequence[str] = (),
                     max_decode_length: int | None = None,
-                    calibration: str | None = None,
-                    demonstrations: str = "seed",
-                    decoder_method: str = "direct",
-                    decoder_order: str | None = None,
-                    decoder_order_probe: str = "generated",
                     decoder_calibration: str | None = None,
                     decoder_demonstrations: str = "seed") -> dict[str, Any]:
   """Evaluates a prompt on unseen tasks; writes and returns the table.
@@ -382,58 +382,38 @@ def evaluate_unseen(*, model_dir: str, backbone: run_setup.BackboneConfig,
     backbone, method, mesh_cfg: as for `evaluate`.
     task_names: tasks and/or mixtures (expanded to their tasks).
     split: the split to evaluate.
-    k_shot: demonstrations per input (0: zero-shot).
-    seeds: one run per seed when k_shot > 0 (ignored when 0).
+    icl: the in-context settings (k-shot, seeds, method, calibration,
+      demonstrations, order, normalization, row limit). A decoder, or a T5
+      with `method='channel'` or an `order`, is evaluated through the k-shot
+      loop (`unseen_kshot.evaluate_unseen_kshot_run`: MetaICL test files;
+      task_names may then be split names such as 'hr_to_lr';
+      prompt_file='none' evaluates without a prompt); a T5 otherwise here.
     task_feature_lengths: TEXT lengths {'inputs': Ti, 'targets': To}
-      (demonstrations included; the prompt adds P positions).
+      (demonstrations included; the prompt adds P positions). The k-shot
+      budget follows the family (`unseen_kshot.family_budget`).
     batch_size: rows per compiled call.
     prompt_file: a `.npy` prompt [P, H].
     output_dir: where the table goes (default `<model_dir>/unseen_eval`).
-    max_examples_per_task: evaluate only the first N rows of each task.
-    score_normalization: 'mean' (per target token, as MetaICL) or 'sum'.
     trained_on: tasks/mixtures the prompt was trained on; any overlap with
       `task_names` is an error.
     max_decode_length: generation length (default `targets` length).
-    calibration: None or 'contextual' (module doc), either backbone.
-    demonstrations: 'seed' or 'knn' (module doc; needs k_shot > 0), either
-      backbone.
-    decoder_method: 'direct' or 'channel', for a decoder backbone, which is
-      evaluated by `unseen_decoder_eval.evaluate_unseen_decoder_run`
-      (task_names may then be split names such as 'hr_to_lr'; the k-shot
-      budget is inputs + targets; prompt_file='none' evaluates without a
-      prompt).
-    decoder_order, decoder_order_probe: demonstration-order selection for
-      a decoder (None | 'globale' | 'locale'; probes 'generated' by the
-      model or the seed's 'dev' inputs: `DecoderEvalConfig`).
     decoder_calibration, decoder_demonstrations: deprecated aliases of
-      `calibration` / `demonstrations` (an error if both are set and differ).
+      `icl.calibration` / `icl.demonstrations` (an error if both are set
+      and differ).
 
   Returns:
     The table (also written as JSON and Markdown).
   """
-  calibration = _merge_alias("calibration", calibration, "decoder_calibration",
-                             decoder_calibration, None)
-  demonstrations = _merge_alias("demonstrations", demonstrations,
-                                "decoder_demonstrations",
-                                decoder_demonstrations, "seed")
-  _check_args(k_shot, seeds, score_normalization, max_examples_per_task,
-              calibration, demonstrations)
-  if run_setup.backbone_kind(backbone) == "decoder":
-    cfg = unseen_decoder_eval.DecoderEvalConfig(
-        k=k_shot, seeds=tuple(seeds), method=decoder_method,
-        calibration=calibration, demonstrations=demonstrations,
-        split=split, max_rows_per_task=max_examples_per_task,
-        score_normalization=score_normalization, batch_size=batch_size,
-        max_length=sum(task_feature_lengths.values()), order=decoder_order,
-        probe=decoder_order_probe)
-    return unseen_decoder_eval.evaluate_unseen_decoder_run(
+  icl = _with_aliases(icl, decoder_calibration, decoder_demonstrations)
+  family = _family(backbone)
+  if (family == models.DECODER_ONLY or icl.method != "direct"
+      or icl.order is not None):
+    cfg = unseen_kshot.eval_config(icl, family, task_feature_lengths,
+                                   split=split, batch_size=batch_size)
+    return unseen_kshot.evaluate_unseen_kshot_run(
         model_dir=model_dir, backbone=backbone, method=method,
         mesh_cfg=mesh_cfg, task_names=task_names, cfg=cfg,
         prompt_file=prompt_file, output_dir=output_dir, trained_on=trained_on)
-  if decoder_method != "direct" or decoder_order is not None:
-    raise ValueError(f"decoder_method={decoder_method!r} / decoder_order="
-                     f"{decoder_order!r} apply to decoder backbones only (T5"
-                     " ranks options directly, demonstrations in seed order)")
   names = resolve_tasks(task_names)
   check_unseen(names, trained_on)
   run = run_setup.build_run(backbone=backbone, method=method,
@@ -445,22 +425,25 @@ def evaluate_unseen(*, model_dir: str, backbone: run_setup.BackboneConfig,
       max_decode_length=max_decode_length or task_feature_lengths["targets"],
       batch_size=batch_size)
   scorer = _Scorer(predictor, trainable, run.frozen,
-                   dict(task_feature_lengths), score_normalization,
-                   calibration, demonstrations)
-  rows = [evaluate_task(scorer, name, split=split, k_shot=k_shot, seeds=seeds,
-                        max_examples=max_examples_per_task) for name in names]
+                   dict(task_feature_lengths), icl.score_normalization,
+                   icl.calibration, icl.demonstrations)
+  rows = [evaluate_task(scorer, name, split=split, k_shot=icl.k_shot,
+                        seeds=icl.seeds,
+                        max_examples=icl.max_examples_per_task)
+          for name in names]
   skipped = unseen_table.metaicl_left_out(task_names, names)
   if skipped:
     _LOG.warning("unseen: %s", unseen_table.left_out_line(skipped))
-  table = {"split": split, "k_shot": k_shot,
-           "seeds": list(seeds) if k_shot else [],
-           "score_normalization": score_normalization,
-           "max_examples_per_task": max_examples_per_task,
+  table = {"split": split, "k_shot": icl.k_shot,
+           "seeds": list(icl.seeds) if icl.k_shot else [],
+           "score_normalization": icl.score_normalization,
+           "max_examples_per_task": icl.max_examples_per_task,
            "task_feature_lengths": dict(task_feature_lengths),
-           "prompt_file": prompt_file, "calibration": calibration,
-           "demonstrations": demonstrations,
-           "variant": variant_name(calibration, demonstrations), "rows": rows,
-           "skipped": skipped, **summarize(rows, k_shot, seeds)}
+           "prompt_file": prompt_file, "calibration": icl.calibration,
+           "demonstrations": icl.demonstrations,
+           "variant": variant_name(icl.calibration, icl.demonstrations),
+           "rows": rows, "skipped": skipped,
+           **summarize(rows, icl.k_shot, icl.seeds)}
   out_dir = pathlib.Path(output_dir or pathlib.Path(model_dir) / "unseen_eval")
   json_path, md_path = write_table(table, out_dir)
   _LOG.info("unseen-task table: %s, %s", json_path, md_path)

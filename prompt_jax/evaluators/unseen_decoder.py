@@ -1,4 +1,9 @@
-"""MetaICL evaluation on unseen tasks with a decoder-only backbone (SmolLM2).
+"""MetaICL evaluation on unseen tasks, k-shot option scoring, either family.
+
+Decoder-only backbones (SmolLM2) always come here; a T5 does for channel
+scoring or order selection (`unseen_kshot.eval_config` takes the layout and
+the length budget from the model family: a decoder's context + target share
+inputs + targets tokens, a T5's encoder input holds inputs - 1 tokens + EOS).
 
 For each test task of a MetaICL split (`hr_to_lr`, ...) and each seed (13,
 21, 42, 87, 100), the k demonstrations are the seed's `<task>_16_<seed>_
@@ -32,10 +37,10 @@ highest GlobalE / LocalE (`order_selection.select_orders`) is used for the
 test rows. Runs and the row's `seed_orders` record it; variant e.g.
 `direct_seed_globale` (`direct_seed_globale_devprobe`).
 
-Example (`--mode=unseen` with a decoder calls `evaluate_unseen_decoder_run`):
+Example (`--mode=unseen` calls `unseen_kshot.evaluate_unseen_kshot_run`):
 
-  scorer = DecoderScorer(model, frozen, encode=tokenizer.encode)
-  cfg = DecoderEvalConfig(k=4, seeds=(13, 21), max_rows_per_task=32,
+  scorer = KShotScorer(model, frozen, encode=tokenizer.encode)
+  cfg = KShotEvalConfig(k=4, seeds=(13, 21), max_rows_per_task=32,
                           order="globale")
   table = evaluate_folders(scorer, split_test_folders(["hr_to_lr"]), cfg)
   write_table(table, pathlib.Path("/tmp/unseen"))  # unseen_decoder_*.{json,md}
@@ -54,38 +59,46 @@ import jax
 import numpy as np
 
 from prompt_jax.scoring import kshot as kshot_option_scores
+from prompt_jax.evaluators import metaicl_folders
 from prompt_jax.evaluators import tables as unseen_table
 from prompt_jax.icl import calibration as calibration_lib
+from prompt_jax.icl import config as icl_config
 from prompt_jax.icl import demo_selection
 from prompt_jax.icl import embeddings
 from prompt_jax.icl import kshot_format
 from prompt_jax.icl import metaicl_pool
-from prompt_jax.icl import metaicl_splits
 from prompt_jax.icl import order_selection
 
 _LOG = logging.getLogger(__name__)
-METHODS = ("direct", "channel")
-CALIBRATIONS = (None, "contextual")
-DEMONSTRATIONS = ("seed", "knn")
-NORMALIZATIONS = ("mean", "sum")
+METHODS = icl_config.METHODS
+CALIBRATIONS = icl_config.CALIBRATIONS
+DEMONSTRATIONS = icl_config.DEMONSTRATIONS
+NORMALIZATIONS = icl_config.NORMALIZATIONS
 QUERY_SPLITS = ("test", "dev")
-ORDERS = (None, "globale", "locale")
-PROBES = ("generated", "dev")
+ORDERS = icl_config.ORDERS
+PROBES = icl_config.PROBES
 PROBE_TEMPLATE = order_selection.ProbeTemplate("", "\n", "\n\n")
 MAX_SAMPLES_PER_ORDER = 4  # Generations per candidate order, at most.
 MAX_K = metaicl_pool.K_SHOT  # The rows of one seed's train file.
 Demo = kshot_option_scores.Demo
 _BUCKET = 16
-_embed = jax.jit(embeddings.decoder_sentence_embeddings, static_argnums=0)
+_EMBED = {"decoder": jax.jit(embeddings.decoder_sentence_embeddings,
+                             static_argnums=0),
+          "enc_dec": jax.jit(embeddings.t5_sentence_embeddings,
+                             static_argnums=0)}
 # Re-exported: the scoring moved to `prompt_jax.scoring.kshot`.
-DecoderScorer = kshot_option_scores.DecoderScorer
+KShotScorer = kshot_option_scores.KShotScorer
+DecoderScorer = KShotScorer
 option_scores = kshot_option_scores.option_scores
 content_free_probs = kshot_option_scores.content_free_probs
+split_test_folders = metaicl_folders.split_test_folders  # Re-exported.
+task_metrics = metaicl_folders.task_metrics
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoderEvalConfig:
-  """What to evaluate and how (see the module docstring)."""
+class KShotEvalConfig:
+  """What to evaluate and how (see the module docstring); `layout` is the
+  `kshot_format` layout of the model family ('decoder' or 'enc_dec')."""
   k: int = MAX_K
   seeds: tuple[int, ...] = (13, 21, 42, 87, 100)
   method: str = "direct"
@@ -104,15 +117,17 @@ class DecoderEvalConfig:
   probe: str = "generated"  # 'generated' (sampled) | 'dev' (dev inputs).
   probe_size: int = 32  # Most probes kept.
   probe_max_new_tokens: int = 64  # Tokens sampled per generation.
+  layout: str = "decoder"
 
   def __post_init__(self):
     for name, allowed in (("method", METHODS), ("calibration", CALIBRATIONS),
                           ("demonstrations", DEMONSTRATIONS),
                           ("split", QUERY_SPLITS), ("order", ORDERS),
                           ("probe", PROBES),
-                          ("score_normalization", NORMALIZATIONS)):
+                          ("score_normalization", NORMALIZATIONS),
+                          ("layout", kshot_format.LAYOUTS)):
       if getattr(self, name) not in allowed:
-        raise ValueError(f"DecoderEvalConfig: {name}="
+        raise ValueError(f"KShotEvalConfig: {name}="
                          f"{getattr(self, name)!r} not in {allowed}")
     for ok, message in [
         (0 <= self.k <= MAX_K, f"k={self.k}: a seed's train file has {MAX_K}"
@@ -133,12 +148,12 @@ class DecoderEvalConfig:
         (self.probe_max_new_tokens > 0, f"probe_max_new_tokens="
          f"{self.probe_max_new_tokens} must be > 0")]:
       if not ok:
-        raise ValueError(f"DecoderEvalConfig: {message}")
+        raise ValueError(f"KShotEvalConfig: {message}")
 
   def kshot_format(self):
-    """The `kshot_format.KShotFormat` of this config (decoder layout)."""
+    """The `kshot_format.KShotFormat` of this config."""
     return kshot_format.KShotFormat(
-        method=self.method, layout="decoder", max_length=self.max_length,
+        method=self.method, layout=self.layout, max_length=self.max_length,
         max_length_per_example=self.max_length_per_example)
 
   @property
@@ -150,14 +165,17 @@ class DecoderEvalConfig:
             + ("_calibrated" if self.calibration else ""))
 
 
+DecoderEvalConfig = KShotEvalConfig  # The name from decoder-only days.
+
+
 # ---------------------------- demonstrations -----------------------------
 
 
-def sentence_embeddings(scorer: DecoderScorer, texts: Sequence[str], *,
+def sentence_embeddings(scorer: KShotScorer, texts: Sequence[str], *,
                         max_tokens: int, batch_size: int = 16,
                         bucket: int = _BUCKET) -> np.ndarray:
-  """[N, H] mean-pooled final decoder states of each text's first
-  `max_tokens` tokens (no prompt: KATE embeds with the plain model)."""
+  """[N, H] mean-pooled final decoder (T5: encoder) states of each text's
+  first `max_tokens` tokens (no prompt: KATE embeds with the plain model)."""
   rows = [scorer.ids(t)[:max_tokens] for t in texts]
   out = []
   for start in range(0, len(rows), batch_size):  # Padded to [B, bucket].
@@ -168,12 +186,13 @@ def sentence_embeddings(scorer: DecoderScorer, texts: Sequence[str], *,
       tokens[i, :len(r)] = r
     mask = np.arange(length) < np.array(
         [len(r) for r in chunk] + [0] * (batch_size - len(chunk)))[:, None]
-    out.append(np.asarray(_embed(scorer.model.module, scorer.frozen, tokens,
-                                 mask))[:len(chunk)])  # [B, H]
+    embed = _EMBED[scorer.layout]
+    out.append(np.asarray(embed(scorer.model.module, scorer.frozen, tokens,
+                                mask))[:len(chunk)])  # [B, H]
   return np.concatenate(out)
 
 
-def knn_demonstrations(scorer: DecoderScorer, train: Sequence[Demo],
+def knn_demonstrations(scorer: KShotScorer, train: Sequence[Demo],
                        queries: Sequence[str], k: int, *, task: str,
                        max_tokens: int, bucket: int = _BUCKET
                        ) -> list[list[Demo]]:
@@ -188,7 +207,7 @@ def knn_demonstrations(scorer: DecoderScorer, train: Sequence[Demo],
 # ------------------------- demonstration order -------------------------
 
 
-def _probe_problem(cfg: DecoderEvalConfig, rows: Sequence) -> str | None:
+def _probe_problem(cfg: KShotEvalConfig, rows: Sequence) -> str | None:
   """Why these rows' options cannot label the probes, or None."""
   if cfg.probe == "generated" and len({r[2] for r in rows}) != 1:
     return (f"probe='generated' needs one option set shared by the rows;"
@@ -200,16 +219,16 @@ def _probe_problem(cfg: DecoderEvalConfig, rows: Sequence) -> str | None:
 
 
 def _probe_source_rows(folder: str, seed: int, query_rows: Sequence,
-                       cfg: DecoderEvalConfig) -> Sequence:
+                       cfg: KShotEvalConfig) -> Sequence:
   """The rows whose options (and, for 'dev', inputs) the probes use."""
   if cfg.probe == "generated":
     return query_rows
   return metaicl_pool.MetaICLFiles(folder).read(f"dev_{seed}")[:cfg.probe_size]
 
 
-def probing_rows(scorer: DecoderScorer, folder: str, seed: int,
+def probing_rows(scorer: KShotScorer, folder: str, seed: int,
                  demos: Sequence[Demo], perms: np.ndarray,
-                 query_rows: Sequence, cfg: DecoderEvalConfig
+                 query_rows: Sequence, cfg: KShotEvalConfig
                  ) -> tuple[list[str], list[tuple[str, ...]]]:
   """(probe inputs, their options) for order selection (module docstring).
 
@@ -229,7 +248,8 @@ def probing_rows(scorer: DecoderScorer, folder: str, seed: int,
   texts = iter(kshot_option_scores.sample_continuations(
       scorer, [c for c in contexts for _ in range(samples)],
       max_new_tokens=cfg.probe_max_new_tokens, seed=seed,
-      max_tokens=max(1, cfg.max_length - cfg.probe_max_new_tokens)))
+      max_tokens=(cfg.max_length if cfg.layout == "enc_dec" else
+                  max(1, cfg.max_length - cfg.probe_max_new_tokens))))
   try:
     probing = order_selection.probing_set_from_generations(
         contexts, lambda _: next(texts), PROBE_TEMPLATE,
@@ -240,9 +260,9 @@ def probing_rows(scorer: DecoderScorer, folder: str, seed: int,
   return inputs, [rows[0][2]] * len(inputs)
 
 
-def order_demonstrations(scorer: DecoderScorer, folder: str, seed: int,
+def order_demonstrations(scorer: KShotScorer, folder: str, seed: int,
                          demos: Sequence[Demo], query_rows: Sequence,
-                         cfg: DecoderEvalConfig, **kwargs
+                         cfg: KShotEvalConfig, **kwargs
                          ) -> tuple[list[Demo], dict[str, Any]]:
   """The demonstrations in the order of highest GlobalE / LocalE, and a
   record {method, permutation, probes, candidates, entropies}.
@@ -269,22 +289,11 @@ def order_demonstrations(scorer: DecoderScorer, folder: str, seed: int,
       "entropies": [round(float(e), 6) for e in entropy]}
 
 
-def task_metrics(kind: str, targets: Sequence[str],
-                 predictions: Sequence[str]) -> tuple[str, dict[str, float]]:
-  """(primary metric, metrics): macro-F1 for classification, else accuracy."""
-  metrics = {"accuracy": metaicl_pool.exact_match_accuracy(targets,
-                                                          predictions)}
-  if kind == "classification":
-    metrics["macro_f1"] = metaicl_pool.macro_f1(targets, predictions)
-    return "macro_f1", metrics
-  return "accuracy", metrics
-
-
-def _query_split(cfg: DecoderEvalConfig, seed: int) -> str:
+def _query_split(cfg: KShotEvalConfig, seed: int) -> str:
   return "test" if cfg.split == "test" else f"dev_{seed}"
 
 
-def skip_reason(folder: str, cfg: DecoderEvalConfig) -> str | None:
+def skip_reason(folder: str, cfg: KShotEvalConfig) -> str | None:
   """Why a test task cannot be evaluated here, or None.
 
   A task without the files (no such split, a missing file or metadata) is
@@ -314,8 +323,8 @@ def skip_reason(folder: str, cfg: DecoderEvalConfig) -> str | None:
   return next((f"order: {p}" for p in problems if p), None)
 
 
-def evaluate_seed(scorer: DecoderScorer, folder: str, seed: int | None,
-                  cfg: DecoderEvalConfig) -> dict[str, Any]:
+def evaluate_seed(scorer: KShotScorer, folder: str, seed: int | None,
+                  cfg: KShotEvalConfig) -> dict[str, Any]:
   """One run of one task: {metric, score, metrics, examples, ...}."""
   source = metaicl_pool.MetaICLFiles(folder)
   query_rows = source.read(_query_split(cfg, seed or cfg.seeds[0]))
@@ -356,8 +365,8 @@ def evaluate_seed(scorer: DecoderScorer, folder: str, seed: int | None,
           "trimmed_inputs": truncated, **({"order": order} if order else {})}
 
 
-def evaluate_folder(scorer: DecoderScorer, folder: str,
-                    cfg: DecoderEvalConfig) -> dict[str, Any]:
+def evaluate_folder(scorer: KShotScorer, folder: str,
+                    cfg: KShotEvalConfig) -> dict[str, Any]:
   """The table row of one task (`prompt_jax.evaluators.unseen`'s row layout)."""
   seeds = cfg.seeds if cfg.k else (None,)
   runs = {seed: evaluate_seed(scorer, folder, seed, cfg) for seed in seeds}
@@ -370,40 +379,12 @@ def evaluate_folder(scorer: DecoderScorer, folder: str,
   unseen_table.add_seed_summary(row, runs, per_seed=bool(cfg.k))
   if cfg.order:  # The chosen permutation and probe count per seed.
     row["seed_orders"] = {str(s): r["order"] for s, r in runs.items()}
-  _LOG.info("unseen decoder %s: %s %.2f", folder, row["metric"], row["score"])
+  _LOG.info("unseen k-shot %s: %s %.2f", folder, row["metric"], row["score"])
   return row
 
 
-def split_test_folders(names: Sequence[str]) -> list[str]:
-  """Split names (`hr_to_lr`), their test mixtures / lists, MetaICL task
-  names or folders → test folders, in order (absent ones included, so that
-  they are listed as skipped).
-
-  Raises:
-    ValueError: (one line) for a `metaicl_...` name that is none of these.
-  """
-  by_name = {}
-  for split in metaicl_splits.SPLIT_NAMES:
-    for alias in (split, metaicl_splits.test_mixture_name(split),
-                  metaicl_splits.test_list_name(split)):
-      by_name[alias] = metaicl_splits.test_folders(split)
-  out = []
-  for name in names:
-    if name in by_name:
-      folders = by_name[name]
-    elif name in metaicl_pool.FOLDER_OF:
-      folders = (metaicl_pool.FOLDER_OF[name],)
-    elif name.startswith("metaicl_"):
-      raise ValueError(f"{name!r} is neither a MetaICL split, its test"
-                       " mixture/list, nor a MetaICL task")
-    else:
-      folders = (name,)
-    out.extend(f for f in folders if f not in out)
-  return out
-
-
-def evaluate_folders(scorer: DecoderScorer, folders: Sequence[str],
-                     cfg: DecoderEvalConfig) -> dict[str, Any]:
+def evaluate_folders(scorer: KShotScorer, folders: Sequence[str],
+                     cfg: KShotEvalConfig) -> dict[str, Any]:
   """The table over `folders` (tasks without data are listed, not scored).
 
   Raises:
@@ -412,12 +393,12 @@ def evaluate_folders(scorer: DecoderScorer, folders: Sequence[str],
   skipped, rows = [], []
   for folder in folders:
     if (reason := skip_reason(folder, cfg)) is not None:
-      _LOG.warning("unseen decoder: skipping %s: %s", folder, reason)
+      _LOG.warning("unseen k-shot: skipping %s: %s", folder, reason)
       skipped.append({"task": folder, "reason": reason})
     else:
       rows.append(evaluate_folder(scorer, folder, cfg))
   if skipped:
-    _LOG.warning("unseen decoder: %d of %d tasks left out of the mean: %s",
+    _LOG.warning("unseen k-shot: %d of %d tasks left out of the mean: %s",
                  len(skipped), len(folders),
                  ", ".join(s["task"] for s in skipped))
   if not rows:
@@ -426,16 +407,21 @@ def evaluate_folders(scorer: DecoderScorer, folders: Sequence[str],
   settings = dataclasses.asdict(cfg)
   settings["max_examples_per_task"] = settings.pop("max_rows_per_task")
   settings["k_shot"] = settings.pop("k")
-  return {**settings, "backbone": "decoder", "variant": cfg.variant,
+  return {**settings, "backbone": _BACKBONE[cfg.layout],
+          "variant": cfg.variant,
           "seeds": seeds,
           "prompt": scorer.trainable is not None, "rows": rows,
           "skipped": skipped, **unseen_table.summarize(rows, cfg.k, seeds)}
 
 
+_BACKBONE = {"decoder": "decoder", "enc_dec": "t5"}  # Table names.
+
+
 def markdown(table: dict[str, Any]) -> str:
   """`unseen_table.markdown`'s table (the skipped tasks under it), headed by
   the variant."""
-  head = (f"Decoder `{table['variant']}` (soft prompt:"
+  head = (f"{table['backbone'].capitalize()}"
+          f" `{table['variant']}` (soft prompt:"
           f" {'yes' if table['prompt'] else 'no'}; first"
           f" {table['max_examples_per_task'] or 'all'} rows per task).\n\n")
   return head + unseen_table.markdown(table)
@@ -443,9 +429,10 @@ def markdown(table: dict[str, Any]) -> str:
 
 def write_table(table: dict[str, Any], output_dir: pathlib.Path
                 ) -> tuple[pathlib.Path, pathlib.Path]:
-  """Writes `unseen_decoder_<variant>_<split>_k<k>.{json,md}` atomically."""
+  """Writes `unseen_<backbone>_<variant>_<split>_k<k>.{json,md}` atomically
+  (backbone 'decoder' or 't5')."""
   output_dir.mkdir(parents=True, exist_ok=True)
-  stem = (f"unseen_decoder_{table['variant']}_{table['split']}"
+  stem = (f"unseen_{table['backbone']}_{table['variant']}_{table['split']}"
           f"_k{table['k_shot']}")
   paths = (output_dir / f"{stem}.json", output_dir / f"{stem}.md")
   for path, text in zip(paths, (json.dumps(table, indent=2) + "\n",
@@ -455,22 +442,26 @@ def write_table(table: dict[str, Any], output_dir: pathlib.Path
   return paths
 
 
-def evaluate_unseen_decoder_run(*, model_dir: str, backbone, method,
-                                mesh_cfg, task_names: Sequence[str],
-                                cfg: DecoderEvalConfig,
-                                prompt_file: str | None = None,
-                                output_dir: str | None = None,
-                                trained_on: Sequence[str] = ()
-                                ) -> dict[str, Any]:
-  """`--mode=unseen` with a decoder: builds the run, writes the table.
+def evaluate_unseen_kshot_run(*, model_dir: str, backbone, method, mesh_cfg,
+                              task_names: Sequence[str],
+                              cfg: KShotEvalConfig,
+                              prompt_file: str | None = None,
+                              output_dir: str | None = None,
+                              trained_on: Sequence[str] = ()
+                              ) -> dict[str, Any]:
+  """`--mode=unseen` through the k-shot loop: builds the run, writes the
+  table.
 
   Args: as `unseen.evaluate_unseen` (`task_names`: see
   `split_test_folders`; `prompt_file='none'`: no soft prompt, plain ICL;
-  `trained_on` overlapping the test tasks is an error), `cfg` the settings.
+  `trained_on` overlapping the test tasks is an error), `cfg` the settings
+  (its layout that of the backbone's family: `unseen_kshot.eval_config`).
   """
   import seqio
   from prompt_jax import evaluate as evaluate_lib
+  from prompt_jax import models
   from prompt_jax import setup as run_setup
+  from prompt_jax.backbones.t5 import tokenizer as t5_tokenizer
   from prompt_jax.evaluators import task_selection
   folders = split_test_folders(task_names)
   trained = {getattr(seqio.get_mixture_or_task(name).source, "folder", name)
@@ -482,15 +473,21 @@ def evaluate_unseen_decoder_run(*, model_dir: str, backbone, method,
                      " an unseen-task evaluation must leave them out")
   run = run_setup.build_run(backbone=backbone, method=method,
                             mesh_cfg=mesh_cfg)
-  if run.tokenizer is None:
+  tokenizer = run.tokenizer
+  if tokenizer is None and run.model.family == models.ENCODER_DECODER:
+    tokenizer = t5_tokenizer.SentencePieceTokenizer()  # The tasks' vocab.
+  if tokenizer is None:
     raise ValueError("decoder has no tokenizer: set BackboneConfig.vocab_path")
   trainable = (None if prompt_file == "none" else
                evaluate_lib.load_trainable(run, model_dir, prompt_file))
-  scorer = DecoderScorer(run.model, run.frozen, run.tokenizer.encode,
-                         trainable, decode=run.tokenizer.decode)
+  scorer = KShotScorer(run.model, run.frozen, tokenizer.encode, trainable,
+                       decode=tokenizer.decode)
   table = evaluate_folders(scorer, folders, cfg)
   out_dir = pathlib.Path(output_dir or pathlib.Path(model_dir) / "unseen_eval")
   json_path, md_path = write_table(table, out_dir)
   _LOG.info("unseen-task table: %s, %s", json_path, md_path)
   print(markdown(table), flush=True)
   return table
+
+
+evaluate_unseen_decoder_run = evaluate_unseen_kshot_run  # The old name.

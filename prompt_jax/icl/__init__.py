@@ -2,6 +2,8 @@
 
 Backbone-agnostic host-side helpers plus one thin model seam:
 
+  config           `ICLConfig`: the in-context settings of an unseen-task
+                   evaluation (k-shot, seeds, method, order, ...).
   calibration      contextual calibration (Zhao et al. 2021) and PMI scores
                    over per-option log-scores [N, C].
   demo_selection   random demonstrations and a KATE kNN index (cosine

@@ -245,17 +245,19 @@ def test_end_to_end_globale_on_the_tiny_decoder(scorer, tmp_path):
 def test_evaluate_unseen_passes_the_order_to_the_decoder_config(monkeypatch):
   from prompt_jax import setup as run_setup  # pylint: disable=g-import-not-at-top
   from prompt_jax.evaluators import unseen as unseen_eval  # pylint: disable=g-import-not-at-top
+  from prompt_jax.evaluators import unseen_kshot  # pylint: disable=g-import-not-at-top
+  from prompt_jax.icl import config as icl_config  # pylint: disable=g-import-not-at-top
   seen = {}
-  monkeypatch.setattr(ude, "evaluate_unseen_decoder_run",
+  monkeypatch.setattr(unseen_kshot, "evaluate_unseen_kshot_run",
                       lambda **kwargs: seen.update(kwargs) or {})
   unseen_eval.evaluate_unseen(
-      model_dir="/nonexistent", task_names=["hr_to_lr"], k_shot=2,
+      model_dir="/nonexistent", task_names=["hr_to_lr"],
       backbone=run_setup.BackboneConfig(preset="tiny", kind="decoder",
                                         random_weights=True),
       method=prompt_tuning.PromptTuning(length=2),
       task_feature_lengths={"inputs": 200, "targets": 56},
-      decoder_order="locale", decoder_order_probe="dev")
+      icl=icl_config.ICLConfig(k_shot=2, order="locale", order_probe="dev"))
   cfg = seen["cfg"]
-  assert (cfg.order, cfg.probe, cfg.k, cfg.max_length) == (
-      "locale", "dev", 2, 256)
+  assert (cfg.order, cfg.probe, cfg.k, cfg.max_length, cfg.layout) == (
+      "locale", "dev", 2, 256, "decoder")
   assert cfg.variant.startswith("direct_seed_locale")

@@ -15,13 +15,10 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_jax import setup as run_setup
 from prompt_jax.evaluators import unseen_decoder as ude
-from prompt_jax.evaluators import unseen as unseen_eval
 from prompt_jax.testing import llama as decoder_testing
 from prompt_jax.icl import calibration
 from prompt_jax.methods.prompt_tuning import method as prompt_tuning_lib
-from prompt_jax.methods import prompt_tuning
 from tasks import kshot
 from tasks import metaicl
 
@@ -220,13 +217,8 @@ def test_bad_settings_are_one_line_errors():
     ude.DecoderEvalConfig(method="noisy")
   with pytest.raises(ValueError, match="neither a MetaICL split"):
     ude.split_test_folders(["metaicl_nope_v100"])
-  with pytest.raises(ValueError, match="decoder backbones only"):
-    unseen_eval.evaluate_unseen(
-        model_dir="/nonexistent", backbone=run_setup.BackboneConfig(
-            random_weights=True, preset="t5_1_1_tiny", kind="t5"),
-        method=prompt_tuning.PromptTuning(length=4), task_names=["x"],
-        task_feature_lengths={"inputs": 8, "targets": 4},
-        decoder_method="channel")
+  with pytest.raises(ValueError, match="layout='t5' not in"):
+    ude.KShotEvalConfig(layout="t5")
 
 
 def test_split_test_folders_expand_splits_and_keep_missing_tasks():

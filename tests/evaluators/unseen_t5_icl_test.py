@@ -21,6 +21,7 @@ from prompt_jax.decoding import predictor as predicting
 from prompt_jax import setup as run_setup
 from prompt_jax.evaluators import unseen as unseen_eval
 from prompt_jax.icl import calibration
+from prompt_jax.icl import config as icl_config
 from prompt_jax.icl import metaicl_pool
 from prompt_jax.backbones.t5 import network
 from prompt_jax.methods import prompt_tuning
@@ -175,12 +176,16 @@ def test_gin_macros_reach_the_t5_table(tmp_path):
   assert table["rows"][0]["calibrated"] is True
 
 
-def _evaluate(**kwargs):
+def _evaluate(decoder_calibration=None, decoder_demonstrations="seed",
+              **icl):
   return unseen_eval.evaluate_unseen(
       model_dir="/nonexistent", backbone=run_setup.BackboneConfig(
           preset="t5_1_1_tiny", random_weights=True),
       method=prompt_tuning.PromptTuning(length=P),
-      task_names=[CB], task_feature_lengths=LENGTHS, **kwargs)
+      task_names=[CB], task_feature_lengths=LENGTHS,
+      icl=icl_config.ICLConfig(**icl),
+      decoder_calibration=decoder_calibration,
+      decoder_demonstrations=decoder_demonstrations)
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -194,10 +199,10 @@ def _evaluate(**kwargs):
      " decoder_calibration='other' disagree"),
     (dict(demonstrations="knn", decoder_demonstrations="random", k_shot=1),
      "demonstrations='knn' and its deprecated alias"),
-    (dict(decoder_method="channel"), "decoder_method='channel' / "
-     "decoder_order=None apply to decoder backbones only"),
-    (dict(decoder_order="globale", k_shot=2), "decoder_order='globale' apply"
-     " to decoder backbones only"),
+    (dict(method="noisy"), r"method='noisy'; use one of \('direct',"),
+    (dict(order="globale", k_shot=1), "order='globale' needs k >= 2"),
+    (dict(demonstrations="knn", decoder_demonstrations="seed"),
+     "demonstrations='knn' needs k_shot > 0"),
 ])
 def test_bad_values_are_one_line_errors(kwargs, message):
   with pytest.raises(ValueError, match=message) as error:

@@ -20,6 +20,7 @@ import seqio
 from prompt_jax import main as main_lib
 from prompt_jax import setup as run_setup
 from prompt_jax.evaluators import unseen as unseen_eval
+from prompt_jax.icl import config as icl_config
 from prompt_jax.methods import prompt_tuning
 from tasks import metaicl
 from tasks import testing_tasks
@@ -134,7 +135,8 @@ def test_zero_shot_equals_independent_log_likelihoods(tmp_path, monkeypatch):
       model_dir=str(tmp_path / "run"), backbone=_tiny_backbone(),
       method=prompt_tuning.PromptTuning(length=P), task_names=[CB, COPA],
       task_feature_lengths=LONG, batch_size=8, prompt_file=prompt_file,
-      max_examples_per_task=5, score_normalization="sum",
+      icl=icl_config.ICLConfig(max_examples_per_task=5,
+                               score_normalization="sum"),
       output_dir=str(tmp_path / "tables"))
   assert (tmp_path / "tables" / "unseen_test_k0.md").exists()
   assert "seeds" not in table["rows"][0] and table["seeds"] == []
