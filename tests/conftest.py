@@ -40,6 +40,31 @@ def pytest_collection_finish(session):
       pass
 
 
+@pytest.fixture(scope="session", autouse=True)
+def xla_compilation_cache(tmp_path_factory) -> pathlib.Path:
+  """One persistent XLA compilation cache for this session's processes.
+
+  Shared by the xdist workers and every `python -m prompt_jax.main` child a
+  test starts (through the environment), so a program compiled once (a
+  train step of the same tiny model, say) is loaded from disk, not compiled
+  again. Every distinct program is still compiled once per session.
+  """
+  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # The session's directory, above the workers' own.
+  path = root / "xla_compilation_cache"
+  # A size limit makes jax lock the directory around reads and writes.
+  max_size = 2 << 30
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
+  os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(max_size)
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", str(path))
+  jax.config.update("jax_compilation_cache_max_size", max_size)
+  compilation_cache.reset_cache()  # Picks up the new directory.
+  return path
+
+
 @pytest.fixture(scope="session")
 def data_root() -> pathlib.Path:
   """The offline data root (`PROMPT_JAX_DATA_ROOT` or `../shared/data`)."""

@@ -45,6 +45,20 @@ def _rows(tok) -> list[dict]:
   return _TEXT_ROWS + ids
 
 
+@pytest.fixture(scope="module")
+def decoder_dir(tmp_path_factory, smollm2_tokenizer):
+  """`add_bos -> (dir, torch model)`: a tiny random HF Llama dir with
+  SmolLM2's tokenizer, built once per `add_bos` (tests only read it)."""
+  built = {}
+
+  def get(add_bos: bool):
+    if add_bos not in built:
+      built[add_bos] = _decoder_dir(tmp_path_factory.mktemp("llama"),
+                                    smollm2_tokenizer, add_bos)
+    return built[add_bos]
+  return get
+
+
 def _decoder_dir(root: pathlib.Path, tok, add_bos: bool):
   """A tiny random HF Llama dir with SmolLM2's tokenizer; (dir, torch model)."""
   cfg = testing.tiny_decoder_config(
@@ -97,9 +111,9 @@ def _hf_log_prob(hf_model, prompt: np.ndarray, ids: list[int], n_targets: int,
 
 @pytest.mark.parametrize("add_bos", [False, True])
 def test_decoder_infer_scores_equal_score_cli(tmp_path, smollm2_tokenizer,
-                                              add_bos):
+                                              decoder_dir, add_bos):
   tok = smollm2_tokenizer
-  backbone, hf_model = _decoder_dir(tmp_path, tok, add_bos)
+  backbone, hf_model = decoder_dir(add_bos)
   in_file = _write(tmp_path / "in.jsonl", _rows(tok))
   cli = _cli_scores(backbone, in_file, tmp_path / "cli.jsonl")
   ids = [[tok.encode(v) if isinstance(v, str) else v
@@ -124,9 +138,9 @@ def test_decoder_infer_scores_equal_score_cli(tmp_path, smollm2_tokenizer,
 
 @pytest.mark.parametrize("add_bos", [False, True])
 def test_decoder_infer_with_prompt_matches_transformers(
-    tmp_path, smollm2_tokenizer, add_bos):
+    tmp_path, smollm2_tokenizer, decoder_dir, add_bos):
   tok = smollm2_tokenizer
-  backbone, hf_model = _decoder_dir(tmp_path, tok, add_bos)
+  backbone, hf_model = decoder_dir(add_bos)
   rows = _rows(tok)
   in_file = _write(tmp_path / "in.jsonl", rows)
   prompt = np.random.RandomState(0).normal(0, 0.2, (3, _H)).astype(np.float32)
@@ -141,10 +155,11 @@ def test_decoder_infer_with_prompt_matches_transformers(
                              atol=1e-4)
 
 
-def test_decoder_infer_predicts_from_plain_text(tmp_path, smollm2_tokenizer):
+def test_decoder_infer_predicts_from_plain_text(tmp_path, smollm2_tokenizer,
+                                                decoder_dir):
   """Text inputs are continued as they are: no EOS before the generation."""
   tok = smollm2_tokenizer
-  backbone, _ = _decoder_dir(tmp_path, tok, add_bos=False)
+  backbone, _ = decoder_dir(add_bos=False)
   text = _TEXT_ROWS[0]["inputs"]
   in_file = _write(tmp_path / "in.jsonl",
                    [{"inputs": text}, {"inputs": tok.encode(text)}])
@@ -161,8 +176,8 @@ def test_decoder_infer_predicts_from_plain_text(tmp_path, smollm2_tokenizer):
     ({"inputs": [5, 0, 6], "targets": "x"},
      '"inputs"[1] is 0, the padding id (it would be ignored)'),
 ])
-def test_decoder_infer_bad_line(tmp_path, smollm2_tokenizer, line, what):
-  backbone, _ = _decoder_dir(tmp_path, smollm2_tokenizer, add_bos=False)
+def test_decoder_infer_bad_line(tmp_path, decoder_dir, line, what):
+  backbone, _ = decoder_dir(add_bos=False)
   in_file = _write(tmp_path / "in.jsonl", [_TEXT_ROWS[0], line])
   np.save(tmp_path / "empty.npy", np.zeros((0, _H), np.float32))
   with pytest.raises(ValueError) as e:

@@ -33,18 +33,43 @@ def _toy_batch(n: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
           "decoder_loss_weights": np.ones_like(targets)}
 
 
-def _setup(mesh_shape=(2, 4), lr=0.3, microbatches=1, opt=None):
+@functools.cache
+def _frozen(mesh_shape: tuple[int, int]):
+  """(mesh, rules, frozen random tiny T5 on it); built once per mesh."""
   mesh = partitioning.make_mesh(*mesh_shape)
   rules = partitioning.standard_logical_axis_rules("model")
   frozen = partitioning.init_params(network.T5Transformer(CFG),
                                     jax.random.key(0), mesh, rules)
+  return mesh, rules, frozen
+
+
+def _setup(mesh_shape=(2, 4), lr=0.3, microbatches=1, opt=None):
+  if opt is None:  # The same trainer (and compiled steps) for every test.
+    return _adafactor_setup(mesh_shape, lr, microbatches)
+  mesh, rules, frozen = _frozen(mesh_shape)
   model = prompt_tuning_lib.t5_model(CFG, P)
-  opt = opt or optim.make_optimizer(name="adafactor", learning_rate=lr,
-                                    weight_decay=1e-5)
   trainer = trainer_lib.Trainer(model, opt, mesh, rules,
                                 partitioning.shardings_of(frozen),
                                 num_microbatches=microbatches)
   return trainer, frozen
+
+
+@functools.cache
+def _adafactor_setup(mesh_shape, lr, microbatches):
+  opt = optim.make_optimizer(name="adafactor", learning_rate=lr,
+                             weight_decay=1e-5)
+  return _setup(mesh_shape, lr, microbatches, opt)
+
+
+@functools.cache
+def _one_batch_grads():
+  """(gradient, summed metrics) of the toy batch on the 8 x 1 mesh."""
+  trainer, frozen = _setup((8, 1))
+  trainable = trainer.init_state(jax.random.key(1)).trainable
+  grads, sums = jax.jit(functools.partial(
+      trainer_lib.loss_and_grads, trainer.model))(
+          trainable, frozen, _toy_batch(), jax.random.key(0))
+  return grads, sums
 
 
 def test_train_step_outputs_only_the_prompt_and_its_state():
@@ -73,8 +98,7 @@ def test_train_step_outputs_only_the_prompt_and_its_state():
 def test_gradients_and_optimizer_state_hold_only_trainable_leaves():
   trainer, frozen = _setup()
   state = trainer.init_state(jax.random.key(1))
-  grads, _ = trainer_lib.loss_and_grads(
-      trainer.model, state.trainable, frozen, _toy_batch(), jax.random.key(0))
+  grads, _ = _one_batch_grads()
   assert (jax.tree.structure(grads) ==
           jax.tree.structure(state.trainable))
   flat = flax.traverse_util.flatten_dict(grads, sep="/")
@@ -115,11 +139,7 @@ def test_microbatches_accumulate_the_whole_batch_gradient():
   nor its mean over microbatches): one jitted SGD step with M = 4 moves the
   prompt by exactly -lr * g, g the one-batch gradient. (Adafactor's first
   update is lr * sign(g), blind to the gradient's scale.)"""
-  trainer, frozen = _setup((8, 1))
-  trainable = trainer.init_state(jax.random.key(1)).trainable
-  grads, sums = jax.jit(functools.partial(
-      trainer_lib.loss_and_grads, trainer.model))(
-          trainable, frozen, _toy_batch(), jax.random.key(0))
+  grads, sums = _one_batch_grads()
   g = np.asarray(grads["prompt"]["prompt"])
   scale = np.abs(g).max()
   assert scale > 1e-3

@@ -90,6 +90,10 @@ def kill_then_resume(train_args, root, steps: int, kill_after_step: int
   """SIGKILLs a training run once step `kill_after_step` is saved, resumes
   it, and runs an uninterrupted twin.
 
+  The killed and the resumed run are `python -m prompt_jax.main` child
+  processes; the twin runs in this process (`main.run`, the same code and
+  XLA flags) while the resumed child runs.
+
   Args:
     train_args: `model_dir -> argv` for `prompt_jax.main` (same seed).
     root: a temporary directory (pathlib.Path).
@@ -102,6 +106,7 @@ def kill_then_resume(train_args, root, steps: int, kill_after_step: int
   """
   import signal  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
+  from prompt_jax import main  # pylint: disable=g-import-not-at-top
   killed_dir, clean_dir = root / "killed", root / "clean"
   proc = main_subprocess(train_args(killed_dir))
   marker = killed_dir / "prompts" / f"prompt_step_{kill_after_step}.npy"
@@ -117,10 +122,14 @@ def kill_then_resume(train_args, root, steps: int, kill_after_step: int
   if (killed_dir / final).exists():
     raise AssertionError("the killed run had already finished")
   logged_before = len(metric_rows(killed_dir))
-  runs = [main_subprocess(train_args(d)) for d in (clean_dir, killed_dir)]
-  for p in runs:
-    if p.wait(timeout=600) != 0:
-      raise AssertionError(p.stderr.read()[-3000:])
+  resumed = main_subprocess(train_args(killed_dir))
+  try:
+    clean = main.run(train_args(clean_dir))
+  finally:
+    if resumed.wait(timeout=600) != 0:
+      raise AssertionError(resumed.stderr.read()[-3000:])
+  if clean["step"] != steps or clean["preempted"]:
+    raise AssertionError(f"the uninterrupted run ended at {clean['step']}")
   first_resumed = metric_rows(killed_dir)[logged_before]["step"]
   return (np.load(killed_dir / final), np.load(clean_dir / final),
           first_resumed)

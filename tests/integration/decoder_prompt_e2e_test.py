@@ -56,7 +56,7 @@ def test_decoder_train_then_eval(tmp_path):
 
 def test_decoder_kill9_then_resume_equals_uninterrupted_run(tmp_path):
   resumed, clean, first_step = testing.kill_then_resume(
-      lambda d: _train_args(d, 120, 10), tmp_path, steps=120,
+      lambda d: _train_args(d, 60, 10), tmp_path, steps=60,
       kill_after_step=20)
   np.testing.assert_array_equal(resumed, clean)
   assert first_step > 1  # Resumed from a saved step, not from scratch.

@@ -1,15 +1,17 @@
 """SIGTERM at any point of the training loop: a checkpoint of the last
 finished step, then exit status 143 with a line that says "preempted".
 
-The evaluation case runs in a real subprocess whose evaluation sends the
-process a real SIGTERM; the step and save cases run in-process (the signal
-handler is the same).
+The evaluation case is the one real subprocess: the test sends it SIGTERM
+from outside while its evaluation is running (the child's evaluation waits
+for the signal, so the timing is fixed); the step and save cases run
+in-process (the signal handler is the same).
 """
 
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import optax
@@ -24,14 +26,18 @@ from prompt_jax.methods import prompt_tuning
 from prompt_jax.methods.prompt_tuning import specs
 
 _CHILD = """
-import os, signal, sys
+import signal, sys, time
 from prompt_jax import console
 console.setup(native_filter=True)  # As `python -m prompt_jax.main` does.
 from prompt_jax.evaluators import teacher_forced as evaluation
 from prompt_jax import main
+started = sys.argv.pop(1)  # A file the child creates once it evaluates.
 original = evaluation.teacher_forced
 def interrupted(*args, **kwargs):
-  os.kill(os.getpid(), signal.SIGTERM)  # Arrives while evaluating.
+  watcher = signal.getsignal(signal.SIGTERM).__self__  # The loop's watcher.
+  open(started, "w").close()
+  while not watcher.stop_requested:  # The test's SIGTERM arrives here.
+    time.sleep(0.01)
   return original(*args, **kwargs)
 evaluation.teacher_forced = interrupted
 sys.exit(main.main(sys.argv[1:]))
@@ -39,7 +45,8 @@ sys.exit(main.main(sys.argv[1:]))
 
 
 def test_sigterm_during_eval_saves_the_last_step(tmp_path):
-  model_dir = tmp_path / "run"
+  """`kill -TERM` from outside, while the step-3 evaluation runs."""
+  model_dir, started = tmp_path / "run", tmp_path / "eval_started"
   args = ["--gin_file=runs/prompt_train.gin",
           "--gin_file=models/t5_1_1_tiny.gin",
           "--gin_file=prompts/sampled_vocab.gin",
@@ -49,15 +56,29 @@ def test_sigterm_during_eval_saves_the_last_step(tmp_path):
           "--gin.TRAIN_STEPS=100", "--gin.BATCH_SIZE=8",
           "--gin.EVAL_BATCH_SIZE=128", "--gin.SAVE_EVERY_STEPS=1000",
           "--gin.EVAL_EVERY_STEPS=3"]
-  proc = subprocess.run([sys.executable, "-c", _CHILD, *args],
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 143, proc.stderr[-3000:]
-  assert proc.stderr.strip().splitlines()[-1] == (
+  with open(tmp_path / "stderr", "w+", encoding="utf-8") as err:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(started), *args],
+        stdout=subprocess.DEVNULL, stderr=err, text=True)
+    deadline = time.time() + 240
+    while (not started.exists() and proc.poll() is None
+           and time.time() < deadline):
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    returncode = proc.wait(timeout=120)
+    err.seek(0)
+    stderr = err.read()
+  assert returncode == 143, stderr[-3000:]
+  assert "preempted at step" in stderr
+  assert stderr.strip().splitlines()[-1] == (
       "preempted at step 3: saved a checkpoint of step 3; rerun the same "
       "command to resume")
   # A healthy CPU run shows none of the native GPU-probe lines.
-  assert "cuInit" not in proc.stderr and "cuda" not in proc.stderr.lower()
+  assert "cuInit" not in stderr and "cuda" not in stderr.lower()
   assert sorted(os.listdir(model_dir / "prompts")) == ["prompt_step_3.npy"]
+  saved = sorted(int(p.stem.rsplit("_", 1)[1])
+                 for p in (model_dir / "prompts").glob("prompt_step_*.npy"))
+  assert len(saved) == 1 and 3 <= saved[0] < 100
   ckpt = checkpoints.TrainCheckpointer(model_dir,
                                        checkpoints.CheckpointConfig())
   assert ckpt.all_steps() == [3]

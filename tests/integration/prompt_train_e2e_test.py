@@ -3,13 +3,12 @@
 Runs the tiny random T5 on the real SST-2 task (data root) on 8 fake CPU
 devices. The kill test uses real subprocesses and SIGKILL, so nothing gets a
 chance to save on the way out; the resumed run must still end with exactly
-the prompt of an uninterrupted run.
+the prompt of an uninterrupted run. (SIGTERM from outside, in a subprocess:
+preemption_test.py.)
 """
 
 import json
 import os
-import signal
-import time
 
 import numpy as np
 import pytest
@@ -110,27 +109,10 @@ def test_train_then_eval_then_infer(tmp_path):
 
 def test_kill9_then_resume_equals_uninterrupted_run(tmp_path):
   resumed, clean, first_step = testing.kill_then_resume(
-      lambda d: _train_args(d, 300, 10), tmp_path, steps=300,
+      lambda d: _train_args(d, 60, 10), tmp_path, steps=60,
       kill_after_step=20)
   np.testing.assert_array_equal(resumed, clean)
   assert first_step > 1  # Resumed from a saved step, not from scratch.
-
-
-def test_sigterm_saves_and_exits(tmp_path):
-  model_dir = tmp_path / "run"
-  proc = testing.main_subprocess(_train_args(model_dir, 100000, 100000))
-  metrics = model_dir / "metrics.jsonl"
-  deadline = time.time() + 240
-  while proc.poll() is None and time.time() < deadline:
-    if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
-      break
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGTERM)
-  assert proc.wait(timeout=120) == 143, proc.stderr.read()[-3000:]
-  assert "preempted at step" in proc.stderr.read()
-  saved = sorted(int(p.stem.rsplit("_", 1)[1])
-                 for p in (model_dir / "prompts").glob("prompt_step_*.npy"))
-  assert len(saved) == 1 and 3 <= saved[0] < 100000
 
 
 def test_gin_typo_is_one_clear_line(tmp_path, capsys):

@@ -1,8 +1,12 @@
 """What `python -m prompt_jax.main` writes into a run directory, and what a
 resumed run refuses: the training config survives other modes, a failing
-call writes nothing, a resume with another data stream stops."""
+call writes nothing, a resume with another data stream stops. The 2-step run
+is trained once (`trained_run`); each test gets its own copy."""
 
 import json
+import shutil
+
+import pytest
 
 from prompt_jax import main as main_lib
 
@@ -19,6 +23,21 @@ def _train(model_dir, *extra):
   return ["--gin_file=runs/prompt_train.gin", *COMMON,
           f"--gin.MODEL_DIR='{model_dir}'", "--gin.BATCH_SIZE=8",
           "--gin.SAVE_EVERY_STEPS=2", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+  """A run directory of 2 training steps (batch 8, seed 0); do not change
+  it: `_copy_of` it."""
+  model_dir = tmp_path_factory.mktemp("trained") / "run"
+  assert main_lib.main(_train(model_dir, "--gin.TRAIN_STEPS=2")) == 0
+  return model_dir
+
+
+def _copy_of(trained_run, tmp_path):
+  model_dir = tmp_path / "run"
+  shutil.copytree(trained_run, model_dir)
+  return model_dir
 
 
 def _error_line(capsys) -> str:
@@ -44,9 +63,8 @@ def test_failing_calls_write_nothing(tmp_path, capsys):
   assert not model_dir.exists()
 
 
-def test_other_modes_keep_the_training_config(tmp_path, capsys):
-  model_dir = tmp_path / "run"
-  assert main_lib.main(_train(model_dir, "--gin.TRAIN_STEPS=2")) == 0
+def test_other_modes_keep_the_training_config(trained_run, tmp_path, capsys):
+  model_dir = _copy_of(trained_run, tmp_path)
   config = (model_dir / "config.gin").read_bytes()
   operative = (model_dir / "operative_config.gin").read_bytes()
   assert b"TRAIN_STEPS = 2" in config
@@ -70,9 +88,9 @@ def test_other_modes_keep_the_training_config(tmp_path, capsys):
   assert (model_dir / "operative_config_infer.gin").exists()
 
 
-def test_resume_with_another_data_stream_is_refused(tmp_path, capsys):
-  model_dir = tmp_path / "run"
-  assert main_lib.main(_train(model_dir, "--gin.TRAIN_STEPS=2")) == 0
+def test_resume_with_another_data_stream_is_refused(trained_run, tmp_path,
+                                                    capsys):
+  model_dir = _copy_of(trained_run, tmp_path)
   settings = json.loads((model_dir / "train_settings.json").read_text())
   assert settings["data"]["batch_size"] == 8
   capsys.readouterr()
