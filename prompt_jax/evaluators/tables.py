@@ -14,11 +14,14 @@ out of the mean (the Markdown names them under the table, or says none).
   row["score"], row["worst"]   # 45.0, 40.0
 """
 
+import json
+import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from prompt_jax.data import jsonl as jsonl_io
 from prompt_jax.icl import metaicl_pool
 from prompt_jax.icl import metaicl_splits
 
@@ -103,3 +106,15 @@ def markdown(table: Mapping[str, Any]) -> str:
   lines.append("| " + " | ".join(mean) + " |")
   lines += ["", left_out_line(table["skipped"])]
   return "\n".join(lines) + "\n"
+
+
+def write(table: Mapping[str, Any], output_dir: pathlib.Path, stem: str,
+          markdown_text: str) -> tuple[pathlib.Path, pathlib.Path]:
+  """Writes `<stem>.json` (the table) and `<stem>.md` (`markdown_text`)
+  under `output_dir`, each atomically; returns both paths."""
+  json_path = jsonl_io.write_text_atomic(
+      pathlib.Path(output_dir) / f"{stem}.json",
+      json.dumps(table, indent=2) + "\n")
+  md_path = jsonl_io.write_text_atomic(
+      pathlib.Path(output_dir) / f"{stem}.md", markdown_text)
+  return json_path, md_path

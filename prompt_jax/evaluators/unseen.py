@@ -74,7 +74,6 @@ Example (what `main.py --mode=unseen` runs from `runs/unseen_eval.gin`):
 """
 
 import dataclasses
-import json
 import logging
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -314,16 +313,12 @@ def table_markdown(table: Mapping[str, Any]) -> str:
 
 def write_table(table: Mapping[str, Any], output_dir: pathlib.Path
                 ) -> tuple[pathlib.Path, pathlib.Path]:
-  """Writes `unseen_[<variant>_]<split>_k<k>.{json,md}` (no variant in the
-  name for `direct_seed`); returns both paths."""
-  output_dir.mkdir(parents=True, exist_ok=True)
+  """Writes `unseen_[<variant>_]<split>_k<k>.{json,md}` atomically (no
+  variant in the name for `direct_seed`); returns both paths."""
   variant = ("" if table["variant"] == DEFAULT_VARIANT
              else f"{table['variant']}_")
   stem = f"unseen_{variant}{table['split']}_k{table['k_shot']}"
-  json_path, md_path = output_dir / f"{stem}.json", output_dir / f"{stem}.md"
-  json_path.write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
-  md_path.write_text(table_markdown(table), encoding="utf-8")
-  return json_path, md_path
+  return unseen_table.write(table, output_dir, stem, table_markdown(table))
 
 
 # ------------------------------ entry point --------------------------------

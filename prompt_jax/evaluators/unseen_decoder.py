@@ -48,9 +48,7 @@ Example (`--mode=unseen` calls `unseen_kshot.evaluate_unseen_kshot_run`):
 
 import dataclasses
 import functools
-import json
 import logging
-import os
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -431,15 +429,9 @@ def write_table(table: dict[str, Any], output_dir: pathlib.Path
                 ) -> tuple[pathlib.Path, pathlib.Path]:
   """Writes `unseen_<backbone>_<variant>_<split>_k<k>.{json,md}` atomically
   (backbone 'decoder' or 't5')."""
-  output_dir.mkdir(parents=True, exist_ok=True)
   stem = (f"unseen_{table['backbone']}_{table['variant']}_{table['split']}"
           f"_k{table['k_shot']}")
-  paths = (output_dir / f"{stem}.json", output_dir / f"{stem}.md")
-  for path, text in zip(paths, (json.dumps(table, indent=2) + "\n",
-                                markdown(table))):
-    path.with_suffix(".tmp").write_text(text, encoding="utf-8")
-    os.replace(path.with_suffix(".tmp"), path)
-  return paths
+  return unseen_table.write(table, output_dir, stem, markdown(table))
 
 
 def evaluate_unseen_kshot_run(*, model_dir: str, backbone, method, mesh_cfg,

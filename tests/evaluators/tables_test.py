@@ -2,6 +2,8 @@
 named under the Markdown table (or "none"), and those of a MetaICL test
 mixture that the mixture lacks are found."""
 
+import json
+
 from prompt_jax.evaluators import tables as unseen_table
 from prompt_jax.icl import metaicl_pool
 
@@ -48,3 +50,13 @@ def test_metaicl_left_out_of_a_test_mixture():
           {"task": "metaicl_tab_fact_v100", "reason": "no test file"}]
   # Plain task names (no test mixture): nothing is known to be left out.
   assert unseen_table.metaicl_left_out(with_file[:2], with_file[:2]) == []
+
+
+def test_write_puts_both_files_atomically(tmp_path):
+  table = {"variant": "direct_seed", "mean": 41.5, "rows": []}
+  json_path, md_path = unseen_table.write(table, tmp_path / "out", "t",
+                                          "| a |\n")
+  assert json.loads(json_path.read_text()) == table
+  assert md_path.read_text() == "| a |\n"
+  assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["t.json",
+                                                                 "t.md"]

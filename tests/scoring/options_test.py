@@ -7,6 +7,8 @@ give the scores of `TunedModel.score_batch` on the row written out in full:
 (T5: the context is prepended to the encoder input, no cache).
 """
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -21,10 +23,18 @@ CFG = decoder_testing.tiny_decoder_config(num_layers=2)
 T5_CFG = testing.tiny_t5_config()
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _score_one(model, trainable, frozen, inputs, target):
+  return model.score_batch(trainable, frozen, inputs, target)[0][0]
+
+
 def _reference(model, trainable, frozen, row, option):
-  inputs = np.array([row], np.int32)
-  target = np.array([option], np.int32)
-  return float(model.score_batch(trainable, frozen, inputs, target)[0][0])
+  """One row scored alone, padded to fixed shapes (0 is padding and is
+  masked), so every reference call reuses one compiled program."""
+  inputs = np.zeros((1, 64), np.int32)
+  target = np.zeros((1, 32), np.int32)
+  inputs[0, :len(row)], target[0, :len(option)] = row, option
+  return float(_score_one(model, trainable, frozen, inputs, target))
 
 
 @pytest.mark.parametrize("options,context,with_prompt", [
