@@ -14,7 +14,6 @@ from prompt_jax import evaluate as evaluate_lib
 from prompt_jax import gin_utils
 from prompt_jax import optim
 from prompt_jax import setup as run_setup
-from prompt_jax import train as train_lib
 from prompt_jax.methods import prompt_tuning
 
 CONFIGS = gin_utils.GIN_CONFIGS_DIR
