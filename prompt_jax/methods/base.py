@@ -216,9 +216,3 @@ class TunedModel:
     """(tokens [B, L], scores [B]) generated after inputs [B, Ti]."""
     params, seams = self.bind(trainable, frozen)
     return self.lm.generate(params, inputs, seams=seams, **kwargs)
-
-  def embed(self, trainable: PyTree | None, frozen: PyTree, tokens: Array,
-            mask: Array) -> Array:
-    """[B, H] sentence embeddings with the method's weights."""
-    params, _ = self.bind(trainable, frozen)
-    return self.lm.embed(params, tokens, mask)

@@ -60,10 +60,6 @@ class ContextCache:
   values: tuple[Array, ...]
   length: int = flax.struct.field(pytree_node=False, default=0)
 
-  def seams(self) -> seams_lib.Seams:
-    """The cache as per-layer key/value prefixes."""
-    return self.merged_into(seams_lib.Seams())
-
   def merged_into(self, seams: seams_lib.Seams) -> seams_lib.Seams:
     """`seams` without its embed seam (its slots are in the cache), each
     decoder layer attending to the cached keys/values as a prefix.
