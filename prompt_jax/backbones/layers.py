@@ -84,8 +84,10 @@ class Projection(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array,
-               delta: seams_lib.LowRankDelta | None = None) -> Array:
-    """x: [..., *in_dims] -> [..., *features]; optional low-rank delta."""
+               delta: seams_lib.LowRankDelta | None = None,
+               bias: Array | None = None) -> Array:
+    """x: [..., *in_dims] -> [..., *features]; optional low-rank delta and
+    added bias [*features]."""
     shape = tuple(x.shape[-self.n_in:]) + tuple(self.features)
     kernel = self.param(
         "kernel", nn.with_logical_partitioning(_normal(self.stddev),
@@ -96,6 +98,8 @@ class Projection(nn.Module):
     if delta is not None:
       low = _contract(x, delta.a, self.n_in, self.dtype)  # [..., R]
       y = y + delta.scale * _contract(low, delta.b, 1, self.dtype, out_dtype)
+    if bias is not None:
+      y = y + bias.astype(y.dtype)
     return y
 
 
@@ -121,6 +125,17 @@ class Embed(nn.Module):
     return jnp.einsum("bth,vh->btv", x.astype(self.dtype),
                       self.embedding.astype(self.dtype),
                       preferred_element_type=jnp.float32)
+
+
+def embed_with_pseudo_tokens(embedder: "Embed", tokens: Array,
+                             pseudo_token_fn: Callable[[Array, Array], Array]
+                             | None) -> Array:
+  """Token embeddings [B, T, H] of tokens [B, T]; with `pseudo_token_fn`,
+  negative ids are pseudo tokens whose rows the function fills in."""
+  if pseudo_token_fn is None:
+    return embedder(tokens)
+  x = embedder(jnp.maximum(tokens, 0))
+  return pseudo_token_fn(tokens, x)
 
 
 def relative_position_bucket(relative_position: Array, bidirectional: bool,
@@ -198,24 +213,25 @@ class MlpBlock(nn.Module):
                deterministic: bool = True) -> Array:
     """x: [B, T, H] -> [B, T, H]."""
     s = seams or seams_lib.MlpSeams()
-    deltas = s.deltas or {}
+    deltas, biases = s.deltas or {}, s.biases or {}
     act = ACTIVATIONS[self.activation]
     in_axes, std = (types.EMBED, types.MLP), self.emb_dim ** -0.5
     if self.gated:
       hidden = act(self._proj("wi_0", in_axes, (self.mlp_dim,), std)(
-          x, deltas.get("wi_0")))
+          x, deltas.get("wi_0"), biases.get("wi_0")))
       hidden = hidden * self._proj("wi_1", in_axes, (self.mlp_dim,), std)(
-          x, deltas.get("wi_1"))
+          x, deltas.get("wi_1"), biases.get("wi_1"))
     else:
       hidden = act(self._proj("wi", in_axes, (self.mlp_dim,), std)(
-          x, deltas.get("wi")))
+          x, deltas.get("wi"), biases.get("wi")))
     if s.hidden_scale is not None:
       hidden = hidden * s.hidden_scale.astype(hidden.dtype)
     hidden = nn.with_logical_constraint(
         hidden, (types.BATCH, types.LENGTH, types.MLP))
     hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic)
     out = self._proj("wo", (types.MLP, types.EMBED), (self.emb_dim,),
-                     self.mlp_dim ** -0.5)(hidden, deltas.get("wo"))
+                     self.mlp_dim ** -0.5)(hidden, deltas.get("wo"),
+                                           biases.get("wo"))
     if s.post_fn is not None:
       out = s.post_fn(out)
     return out

@@ -11,8 +11,16 @@ it to the model call; layers consult it at fixed points:
   (prefix tuning, P-tuning v2); prefix slots are always visible and get no
   relative position bias.
 * `LowRankDelta`: `y += scale * (x @ a) @ b` on any projection (LoRA).
-* `MlpSeams.post_fn`: applied to the FFN output before the residual add
-  (adapters).
+* `MlpSeams.post_fn` / `AttentionSeams.post_fn`: applied to the FFN /
+  attention block's output before the residual add (bottleneck adapters).
+* `AttentionSeams.biases` / `MlpSeams.biases`: added to a projection's
+  output, by projection name (BitFit on bias-free backbones).
+* `pseudo_token_fn`: `(tokens [B, T], x [B, T, H]) -> x'` replaces the
+  embeddings of pseudo tokens (negative ids, `-1 - i` for pseudo token i)
+  wherever a template put them (P-tuning's hybrid prompts). Applied to the
+  T5 encoder input and the decoder-only input, before the embed hooks.
+* `position_offset`: decoder-only text positions start at this value
+  (PEFT's prefix tuning: a P-slot prefix shifts the text by P).
 * `AttentionSeams.key_scale/value_scale`, `MlpSeams.hidden_scale`:
   elementwise activation scales (IA3).
 
@@ -26,6 +34,7 @@ import flax.struct
 from prompt_jax.types import Array
 
 EmbedFn = Callable[[Array, Array], tuple[Array, Array]]
+PseudoTokenFn = Callable[[Array, Array], Array]
 
 
 @flax.struct.dataclass
@@ -52,12 +61,18 @@ class AttentionSeams:
     key_scale: [N, D] elementwise scale of the keys (IA3 l_k).
     value_scale: [N, D] elementwise scale of the values (IA3 l_v).
     deltas: low-rank deltas by projection name: query, key, value, out.
+    biases: added to a projection's output, by name ([N, D] for query,
+      key, value; [H] for out).
+    post_fn: `[B, T, H] -> [B, T, H]` on the block's output (adapters).
   """
   prefix_key: Array | None = None
   prefix_value: Array | None = None
   key_scale: Array | None = None
   value_scale: Array | None = None
   deltas: Mapping[str, LowRankDelta] | None = None
+  biases: Mapping[str, Array] | None = None
+  post_fn: Callable[[Array], Array] | None = flax.struct.field(
+      pytree_node=False, default=None)
 
 
 @flax.struct.dataclass
@@ -67,10 +82,13 @@ class MlpSeams:
   Attributes:
     hidden_scale: [F] scale of the hidden activation (IA3 l_ff).
     deltas: low-rank deltas by projection name: wi (or wi_0, wi_1), wo.
+    biases: added to a projection's output, by name ([F] for wi*, [H]
+      for wo).
     post_fn: `[B, T, H] -> [B, T, H]` on the FFN output (adapters).
   """
   hidden_scale: Array | None = None
   deltas: Mapping[str, LowRankDelta] | None = None
+  biases: Mapping[str, Array] | None = None
   post_fn: Callable[[Array], Array] | None = flax.struct.field(
       pytree_node=False, default=None)
 
@@ -90,6 +108,9 @@ class Seams:
       pytree_node=False, default=None)
   decoder_embed_fn: EmbedFn | None = flax.struct.field(
       pytree_node=False, default=None)
+  pseudo_token_fn: PseudoTokenFn | None = flax.struct.field(
+      pytree_node=False, default=None)
+  position_offset: int = flax.struct.field(pytree_node=False, default=0)
   encoder_layers: tuple[LayerSeams | None, ...] | None = None
   decoder_layers: tuple[LayerSeams | None, ...] | None = None
 

@@ -80,6 +80,10 @@ def _delta(s: seams_lib.AttentionSeams, name: str):
   return None if s.deltas is None else s.deltas.get(name)
 
 
+def _bias(s: seams_lib.AttentionSeams, name: str):
+  return None if s.biases is None else s.biases.get(name)
+
+
 def _with_prefix(keys: Array, values: Array, mask: Array,
                  s: seams_lib.AttentionSeams) -> tuple[Array, Array, Array]:
   """Prepends per-layer prefix keys/values, always visible and unrotated.
@@ -148,7 +152,7 @@ class GroupedQueryAttention(nn.Module):
     h, n, k, d = self.emb_dim, self.num_heads, self.num_kv_heads, self.head_dim
     inv_freq = np.asarray(self.inv_freq, np.float32)
     query = self._proj("query", _QKV_AXES, (n, d), 1, h ** -0.5)(
-        x, _delta(s, "query"))
+        x, _delta(s, "query"), _bias(s, "query"))
     query = apply_rotary(query, positions, inv_freq)
     query = nn.with_logical_constraint(query, _ACT_HEADS)
     key, value = self._project_kv(x, positions, inv_freq, s)
@@ -165,17 +169,18 @@ class GroupedQueryAttention(nn.Module):
     weights = nn.Dropout(self.dropout_rate)(weights, deterministic)
     out = jnp.einsum("bkgqs,bskd->bqkgd", weights, value.astype(self.dtype))
     out = nn.with_logical_constraint(out.reshape(b, t, n, d), _ACT_HEADS)
-    return self._proj("out", _OUT_AXES, (h,), 2, (n * d) ** -0.5)(
-        out, _delta(s, "out"))
+    out = self._proj("out", _OUT_AXES, (h,), 2, (n * d) ** -0.5)(
+        out, _delta(s, "out"), _bias(s, "out"))
+    return out if s.post_fn is None else s.post_fn(out)  # Adapters.
 
   def _project_kv(self, x: Array, positions: Array, inv_freq: np.ndarray,
                   s: seams_lib.AttentionSeams) -> tuple[Array, Array]:
     """Rotated keys and values [B, T, K, D]; IA3 scales act before rotation."""
     h, k, d = self.emb_dim, self.num_kv_heads, self.head_dim
     key = self._proj("key", _QKV_AXES, (k, d), 1, h ** -0.5)(
-        x, _delta(s, "key"))
+        x, _delta(s, "key"), _bias(s, "key"))
     value = self._proj("value", _QKV_AXES, (k, d), 1, h ** -0.5)(
-        x, _delta(s, "value"))
+        x, _delta(s, "value"), _bias(s, "value"))
     if s.key_scale is not None:
       key = key * s.key_scale.astype(key.dtype)
     if s.value_scale is not None:

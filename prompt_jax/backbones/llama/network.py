@@ -27,10 +27,16 @@ PEFT seams (`prompt_jax.backbones.seams.Seams`; no method parameters live here):
   `decoder_embed_fn(x [B, T, H], mask [B, T]) -> (x' [B, T', H], mask')`
     right after the token lookup (soft prompts); positions are computed from
     mask', so prompt slots take positions like tokens.
+  `pseudo_token_fn(tokens, x)`: replaces the embeddings of negative ids
+    (P-tuning pseudo tokens) before the embed hook.
+  `position_offset`: added to every rotary position (PEFT's prefix tuning
+    puts the text after its P prefix slots).
   `decoder_layers[i].self_attention`: prefix keys/values [B|1, P, K, D] per
     key/value head, used as given (no rotation, always visible); key/value
-    scales [K, D] applied before rotation; deltas query/key/value/out.
-  `decoder_layers[i].mlp`: hidden_scale [F], deltas wi_0/wi_1/wo, post_fn.
+    scales [K, D] applied before rotation; deltas and biases
+    query/key/value/out; post_fn on the block output.
+  `decoder_layers[i].mlp`: hidden_scale [F], deltas/biases wi_0/wi_1/wo,
+    post_fn.
 
 Decoding (T5X pattern): with `decode=True` the first call creates the cache;
 its sequence length (after the embed hook) is the cache length, and every
@@ -191,7 +197,8 @@ class DecoderLM(nn.Module):
     embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim, dtype=cfg.dtype,
                             param_dtype=cfg.param_dtype,
                             name="token_embedder")
-    x = embedder(tokens)
+    x = layers.embed_with_pseudo_tokens(embedder, tokens,
+                                        seams.pseudo_token_fn)
     if seams.decoder_embed_fn is not None:
       x, mask = seams.decoder_embed_fn(x, mask)  # [B, T, H] -> [B, T', H]
     if positions is not None and positions.shape != x.shape[:2]:
@@ -201,6 +208,7 @@ class DecoderLM(nn.Module):
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic)
     positions, attn_mask, index = self._positions_and_mask(mask, positions,
                                                            decode)
+    positions = positions + seams.position_offset  # Prefix tuning (PEFT).
     for i in range(cfg.num_layers):
       x = DecoderLayer(cfg, name=f"layers_{i}")(
           x, positions, attn_mask, seams.decoder_layer(i), decode, index,

@@ -28,6 +28,10 @@ def _delta(s: seams_lib.AttentionSeams, name: str):
   return None if s.deltas is None else s.deltas.get(name)
 
 
+def _bias(s: seams_lib.AttentionSeams, name: str):
+  return None if s.biases is None else s.biases.get(name)
+
+
 def _with_prefix(keys: Array, values: Array, mask: Array, bias: Array | None,
                  s: seams_lib.AttentionSeams):
   """Prepends per-layer prefix keys/values; they are visible and unbiased.
@@ -95,7 +99,7 @@ class MultiHeadAttention(nn.Module):
     s = seams or seams_lib.AttentionSeams()
     h, n, d = self.emb_dim, self.num_heads, self.head_dim
     query = self._proj("query", _QKV_AXES, (n, d), 1, (h * d) ** -0.5)(
-        inputs_q, _delta(s, "query"))
+        inputs_q, _delta(s, "query"), _bias(s, "query"))
     query = nn.with_logical_constraint(query, _ACT_HEADS)
     key, value = self._keys_values(inputs_kv, s, decode)
     if s.prefix_key is not None:
@@ -109,15 +113,16 @@ class MultiHeadAttention(nn.Module):
     weights = nn.Dropout(self.dropout_rate)(weights, deterministic)
     out = jnp.einsum("bnqk,bknd->bqnd", weights, value.astype(self.dtype))
     out = nn.with_logical_constraint(out, _ACT_HEADS)
-    return self._proj("out", _OUT_AXES, (h,), 2, (n * d) ** -0.5)(
-        out, _delta(s, "out"))
+    out = self._proj("out", _OUT_AXES, (h,), 2, (n * d) ** -0.5)(
+        out, _delta(s, "out"), _bias(s, "out"))
+    return out if s.post_fn is None else s.post_fn(out)  # Adapters.
 
   def _project_kv(self, inputs_kv: Array, s: seams_lib.AttentionSeams):
     h, n, d = self.emb_dim, self.num_heads, self.head_dim
     key = self._proj("key", _QKV_AXES, (n, d), 1, h ** -0.5)(
-        inputs_kv, _delta(s, "key"))
+        inputs_kv, _delta(s, "key"), _bias(s, "key"))
     value = self._proj("value", _QKV_AXES, (n, d), 1, h ** -0.5)(
-        inputs_kv, _delta(s, "value"))
+        inputs_kv, _delta(s, "value"), _bias(s, "value"))
     if s.key_scale is not None:
       key = key * s.key_scale.astype(key.dtype)
     if s.value_scale is not None:

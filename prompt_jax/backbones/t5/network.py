@@ -115,7 +115,8 @@ class Encoder(nn.Module):
                deterministic: bool = True) -> tuple[Array, Array]:
     """tokens, mask: [B, T] -> (encoded [B, T', H], mask [B, T'])."""
     cfg = self.config
-    x = self.shared_embedding(tokens)
+    x = layers.embed_with_pseudo_tokens(self.shared_embedding, tokens,
+                                        seams.pseudo_token_fn)
     if seams.encoder_embed_fn is not None:
       x, mask = seams.encoder_embed_fn(x, mask)
     x = nn.with_logical_constraint(x, _ACT)
