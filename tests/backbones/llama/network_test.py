@@ -271,3 +271,50 @@ def test_smollm2_count_matches_transformers_on_meta_device():
   with torch.device("meta"):
     model = transformers.LlamaForCausalLM(hf_cfg)
   assert model.num_parameters() == _PUBLISHED["smollm2_135m"]
+
+
+def test_attention_post_fn_and_biases_act_on_their_outputs():
+  """post_fn 0 on attention = zero out kernel; a bias on `out`/`wo` is the
+  same as a post_fn adding it."""
+  ids = _ids()
+  zero_attn = seams_lib.Seams(decoder_layers=(seams_lib.LayerSeams(
+      self_attention=seams_lib.AttentionSeams(post_fn=lambda y: 0.0 * y)),))
+  out_zero = _edit(_params()[1], "layers_0/self_attention/out/kernel",
+                   jnp.zeros_like)
+  np.testing.assert_allclose(_run(ids, seams=zero_attn),
+                             _run(ids, params=out_zero), rtol=2e-5, atol=2e-5)
+  bias = np.random.RandomState(5).normal(size=(H,)).astype(np.float32)
+  as_bias = seams_lib.Seams(decoder_layers=(None, seams_lib.LayerSeams(
+      self_attention=seams_lib.AttentionSeams(biases={"out": bias}),
+      mlp=seams_lib.MlpSeams(biases={"wo": bias}))))
+  as_post = seams_lib.Seams(decoder_layers=(None, seams_lib.LayerSeams(
+      self_attention=seams_lib.AttentionSeams(post_fn=lambda y: y + bias),
+      mlp=seams_lib.MlpSeams(post_fn=lambda y: y + bias))))
+  got = _run(ids, seams=as_bias)
+  np.testing.assert_allclose(got, _run(ids, seams=as_post), rtol=2e-5,
+                             atol=2e-5)
+  assert np.abs(got - _run(ids)).max() > 1e-3
+
+
+def test_pseudo_tokens_and_position_offset():
+  """Negative ids take the rows pseudo_token_fn writes (here: the embedding
+  rows of real ids, so the logits equal those tokens'); position_offset
+  equals explicit shifted positions."""
+  ids = _ids()
+  table = _params()[1]["token_embedder"]["embedding"]
+  real = np.array([5, 9], np.int32)
+  with_pseudo = ids.copy()
+  with_pseudo[:, 1], with_pseudo[:, 4] = -1, -2
+
+  def fill(tokens, x):
+    rows = jnp.asarray(table)[real][jnp.clip(-1 - tokens, 0, 1)]
+    return jnp.where((tokens < 0)[..., None], rows, x)
+  expected = ids.copy()
+  expected[:, 1], expected[:, 4] = real
+  np.testing.assert_allclose(
+      _run(with_pseudo, seams=seams_lib.Seams(pseudo_token_fn=fill)),
+      _run(expected), rtol=2e-5, atol=2e-5)
+  pos = np.tile(np.arange(ids.shape[1]), (ids.shape[0], 1)) + 4
+  np.testing.assert_allclose(
+      _run(ids, seams=seams_lib.Seams(position_offset=4)),
+      _run(ids, positions=jnp.asarray(pos, jnp.int32)), rtol=1e-6, atol=1e-6)

@@ -141,3 +141,40 @@ def test_encoder_embed_hook_prepends_visible_tokens():
   np.testing.assert_array_equal(np.asarray(mask[:, :3]), True)
   logits = _run(model, params, enc, dec, seams)
   assert not np.allclose(logits, _run(model, params, enc, dec), atol=1e-4)
+
+
+def test_attention_post_fn_and_biases_act_on_their_outputs():
+  model, params, enc, dec = _setup()
+  zero_attn = seams_lib.Seams(decoder_layers=(seams_lib.LayerSeams(
+      cross_attention=seams_lib.AttentionSeams(post_fn=lambda y: 0.0 * y)),))
+  zeroed = _edit(params, "decoder/layers_0/encoder_decoder_attention/out/"
+                 "kernel", np.zeros_like)
+  np.testing.assert_allclose(_run(model, params, enc, dec, zero_attn),
+                             _run(model, zeroed, enc, dec), atol=1e-6)
+  bias = np.random.RandomState(5).normal(size=(H,)).astype(np.float32)
+  as_bias = seams_lib.Seams(encoder_layers=(seams_lib.LayerSeams(
+      self_attention=seams_lib.AttentionSeams(biases={"out": bias}),
+      mlp=seams_lib.MlpSeams(biases={"wo": bias})),))
+  as_post = seams_lib.Seams(encoder_layers=(seams_lib.LayerSeams(
+      self_attention=seams_lib.AttentionSeams(post_fn=lambda y: y + bias),
+      mlp=seams_lib.MlpSeams(post_fn=lambda y: y + bias)),))
+  got = _run(model, params, enc, dec, as_bias)
+  np.testing.assert_allclose(got, _run(model, params, enc, dec, as_post),
+                             atol=1e-5)
+  assert np.abs(got - _run(model, params, enc, dec)).max() > 1e-3
+
+
+def test_pseudo_tokens_fill_the_encoder_embeddings():
+  model, params, enc, dec = _setup()
+  table = params["token_embedder"]["embedding"]
+  with_pseudo = enc.copy()
+  with_pseudo[:, 2] = -1
+  expected = enc.copy()
+  expected[:, 2] = 7
+
+  def fill(tokens, x):
+    return jnp.where((tokens < 0)[..., None], table[7], x)
+  np.testing.assert_allclose(
+      _run(model, params, with_pseudo, dec,
+           seams_lib.Seams(pseudo_token_fn=fill)),
+      _run(model, params, expected, dec), atol=1e-6)
