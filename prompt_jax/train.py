@@ -36,6 +36,7 @@ from prompt_jax import checkpoints
 from prompt_jax import metric_writers
 from prompt_jax import setup as run_setup
 from prompt_jax import trainer as trainer_lib
+from prompt_jax.methods import counting
 from prompt_jax.methods import base as method_base
 from prompt_jax.methods import prompt_tuning
 
@@ -203,6 +204,8 @@ def train(*, model_dir: str, backbone: run_setup.BackboneConfig,
   run = run_setup.build_run(
       backbone=backbone, method=method, mesh_cfg=mesh_cfg,
       target_length=target_length)
+  print(counting.count_trainable(method, run.model.lm).line(method.name),
+        flush=True)
   trainer = trainer_lib.Trainer(
       run.model, optimizer, run.mesh, run.rules,
       jax.tree.map(lambda x: x.sharding, run.frozen), num_microbatches)

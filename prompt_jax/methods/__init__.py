@@ -6,6 +6,7 @@ Each method is one folder (`methods/<name>/`) and one gin file
 """
 
 from prompt_jax.methods.base import Method, TunedModel
+from prompt_jax.methods.compose import Compose
 from prompt_jax.methods.full_finetune import FullFinetune
 from prompt_jax.methods.lora import LoRA
 from prompt_jax.methods.prompt_tuning import PromptTuning
@@ -14,4 +15,5 @@ METHODS: dict[str, type[Method]] = {
     "prompt_tuning": PromptTuning,
     "full_finetune": FullFinetune,
     "lora": LoRA,
+    "compose": Compose,
 }
