@@ -9,11 +9,13 @@ from prompt_jax.methods.base import Method, TunedModel
 from prompt_jax.methods.compose import Compose
 from prompt_jax.methods.full_finetune import FullFinetune
 from prompt_jax.methods.lora import LoRA
+from prompt_jax.methods.prompt_bank import PromptBank
 from prompt_jax.methods.prompt_tuning import PromptTuning
 
 METHODS: dict[str, type[Method]] = {
     "prompt_tuning": PromptTuning,
     "full_finetune": FullFinetune,
     "lora": LoRA,
+    "prompt_bank": PromptBank,
     "compose": Compose,
 }

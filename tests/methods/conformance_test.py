@@ -37,6 +37,7 @@ from prompt_jax import testing
 from prompt_jax import trainer as trainer_lib
 from prompt_jax.methods import METHODS
 from prompt_jax.methods import base
+from prompt_jax.methods.prompt_bank import rows
 from prompt_jax.methods.prompt_tuning import specs
 from prompt_jax.testing import llama as llama_testing
 
@@ -44,10 +45,15 @@ from prompt_jax.testing import llama as llama_testing
 METHOD_ARGS: dict[str, dict[str, Any]] = {
     "prompt_tuning": dict(length=4, init=specs.random_uniform()),
     "lora": dict(rank=2, targets="all-linear"),
+    "prompt_bank": dict(tasks=("a", "b"), length=2,
+                        init=specs.random_uniform()),
     "compose": dict(methods=(
         methods_lib.PromptTuning(length=4, init=specs.random_uniform()),
         methods_lib.LoRA(rank=2))),
 }
+# Methods whose rows choose their parameters by pseudo ids in the input:
+# the batch routes rows to prompts 0, 1, 0, 1.
+ROUTED = ("prompt_bank",)
 FAMILIES = ("t5", "llama")
 CASES = [(name, family) for name in METHODS for family in FAMILIES]
 BATCH = 4  # Divisible by the mesh's 'data' axis (2).
@@ -148,6 +154,16 @@ def backbones(mesh_and_rules) -> dict[str, Backbone]:
   return out
 
 
+def _routed(bb: Backbone, method: Any) -> Backbone:
+  """`bb` with row b of its batches routed to prompt b % K."""
+  index = np.arange(BATCH) % len(method.tasks)
+  inputs, targets = bb.score
+  return dataclasses.replace(
+      bb, batch=rows.with_prompts(bb.batch, index, method.length,
+                                  bb.lm.family),
+      score=(rows.prepend(inputs, index, method.length), targets), bare={})
+
+
 @dataclasses.dataclass
 class Run:
   """One (method, family): the model, its trainer and what training did."""
@@ -169,6 +185,8 @@ def run(request, backbones, mesh_and_rules) -> Run:
   name, family = request.param
   bb = backbones[family]
   method = METHODS[name](**METHOD_ARGS.get(name, {}))
+  if name in ROUTED:
+    bb = _routed(bb, method)
   params = bb.params
   if method.consumes_backbone():  # Its state is donated: give it a copy.
     params = jax.device_put(bb.host, partitioning.shardings_of(bb.params))
