@@ -5,10 +5,13 @@ Each method is one folder (`methods/<name>/`) and one gin file
 `TunedModel(lm, method)` is what the trainer and entry points run.
 """
 
+from prompt_jax.methods.adapters import Adapters
 from prompt_jax.methods.base import Method, TunedModel
+from prompt_jax.methods.bitfit import BitFit
 from prompt_jax.methods.compose import Compose
 from prompt_jax.methods.full_finetune import FullFinetune
 from prompt_jax.methods.lora import LoRA
+from prompt_jax.methods.ln_tuning import LNTuning
 from prompt_jax.methods.prompt_bank import PromptBank
 from prompt_jax.methods.prompt_tuning import PromptTuning
 
@@ -16,6 +19,9 @@ METHODS: dict[str, type[Method]] = {
     "prompt_tuning": PromptTuning,
     "full_finetune": FullFinetune,
     "lora": LoRA,
+    "bitfit": BitFit,
+    "ln_tuning": LNTuning,
+    "adapters": Adapters,
     "prompt_bank": PromptBank,
     "compose": Compose,
 }
