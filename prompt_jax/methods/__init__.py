@@ -12,6 +12,7 @@ from prompt_jax.methods.compose import Compose
 from prompt_jax.methods.full_finetune import FullFinetune
 from prompt_jax.methods.lora import LoRA
 from prompt_jax.methods.ln_tuning import LNTuning
+from prompt_jax.methods.p_tuning import PTuning
 from prompt_jax.methods.prompt_bank import PromptBank
 from prompt_jax.methods.prompt_tuning import PromptTuning
 
@@ -19,6 +20,7 @@ METHODS: dict[str, type[Method]] = {
     "prompt_tuning": PromptTuning,
     "full_finetune": FullFinetune,
     "lora": LoRA,
+    "p_tuning": PTuning,
     "bitfit": BitFit,
     "ln_tuning": LNTuning,
     "adapters": Adapters,

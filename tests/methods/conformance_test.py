@@ -45,6 +45,7 @@ from prompt_jax.testing import llama as llama_testing
 METHOD_ARGS: dict[str, dict[str, Any]] = {
     "prompt_tuning": dict(length=4, init=specs.random_uniform()),
     "lora": dict(rank=2, targets="all-linear"),
+    "p_tuning": dict(length=4, encoder_hidden_size=8),
     "adapters": dict(reduction_factor=4),
     "prompt_bank": dict(tasks=("a", "b"), length=2,
                         init=specs.random_uniform()),
