@@ -10,8 +10,9 @@ from prompt_jax.methods.base import Method, TunedModel
 from prompt_jax.methods.bitfit import BitFit
 from prompt_jax.methods.compose import Compose
 from prompt_jax.methods.full_finetune import FullFinetune
-from prompt_jax.methods.lora import LoRA
+from prompt_jax.methods.ia3 import IA3
 from prompt_jax.methods.ln_tuning import LNTuning
+from prompt_jax.methods.lora import LoRA
 from prompt_jax.methods.p_tuning import PTuning
 from prompt_jax.methods.prompt_bank import PromptBank
 from prompt_jax.methods.prompt_tuning import PromptTuning
@@ -21,9 +22,10 @@ METHODS: dict[str, type[Method]] = {
     "full_finetune": FullFinetune,
     "lora": LoRA,
     "p_tuning": PTuning,
+    "ia3": IA3,
+    "adapters": Adapters,
     "bitfit": BitFit,
     "ln_tuning": LNTuning,
-    "adapters": Adapters,
     "prompt_bank": PromptBank,
     "compose": Compose,
 }

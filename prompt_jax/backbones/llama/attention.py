@@ -181,10 +181,14 @@ class GroupedQueryAttention(nn.Module):
         x, _delta(s, "key"), _bias(s, "key"))
     value = self._proj("value", _QKV_AXES, (k, d), 1, h ** -0.5)(
         x, _delta(s, "value"), _bias(s, "value"))
+    # IA3 scales as x + x * (l - 1), which is x * l: at l = 1 the plain
+    # `key * l` made XLA:CPU emit a rotation that rounds differently from
+    # the bare backbone's (1e-6 logits); this form keeps IA3's init bit for
+    # bit equal to it (tests/methods/ia3_test.py, conformance_test.py).
     if s.key_scale is not None:
-      key = key * s.key_scale.astype(key.dtype)
+      key = key + key * (s.key_scale.astype(key.dtype) - 1)
     if s.value_scale is not None:
-      value = value * s.value_scale.astype(value.dtype)
+      value = value + value * (s.value_scale.astype(value.dtype) - 1)
     key = apply_rotary(key, positions, inv_freq)
     return (nn.with_logical_constraint(key, _ACT_HEADS),
             nn.with_logical_constraint(value, _ACT_HEADS))
