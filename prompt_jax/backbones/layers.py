@@ -97,7 +97,12 @@ class Projection(nn.Module):
     y = _contract(x, kernel, self.n_in, self.dtype, out_dtype)
     if delta is not None:
       low = _contract(x, delta.a, self.n_in, self.dtype)  # [..., R]
-      y = y + delta.scale * _contract(low, delta.b, 1, self.dtype, out_dtype)
+      update = delta.scale * _contract(low, delta.b, 1, self.dtype, out_dtype)
+      if delta.gate is not None:
+        gate = delta.gate(x)  # [B, T] or [B, 1]
+        update = update * gate.reshape(
+            gate.shape + (1,) * (update.ndim - gate.ndim)).astype(update.dtype)
+      y = y + update
     if bias is not None:
       y = y + bias.astype(y.dtype)
     return y

@@ -20,7 +20,10 @@ it to the model call; layers consult it at fixed points:
   wherever a template put them (P-tuning's hybrid prompts). Applied to the
   T5 encoder input and the decoder-only input, before the embed hooks.
 * `position_offset`: decoder-only text positions start at this value
-  (PEFT's prefix tuning: a P-slot prefix shifts the text by P).
+  (PEFT's prefix tuning: a P-slot prefix shifts the text by P). In the T5
+  decoder, the text's relative positions start at it too, and the P
+  self-attention prefix slots take positions 0..P-1 (relative biases), as
+  Hugging Face T5 treats a pre-filled self-attention cache.
 * `AttentionSeams.key_scale/value_scale`, `MlpSeams.hidden_scale`:
   elementwise activation scales (IA3).
 
@@ -45,10 +48,14 @@ class LowRankDelta:
     a: [*in_dims, R] (e.g. [H, R] for query, [N, D, R] for out).
     b: [R, *out_dims] (e.g. [R, N, D] for query, [R, H] for out).
     scale: multiplier (alpha / R in LoRA).
+    gate: optional `x [B, T, *in_dims] -> [B, T] or [B, 1]` multiplier of
+      the delta computed from the projection's input (UniPELT's gates).
   """
   a: Array
   b: Array
   scale: float = flax.struct.field(pytree_node=False, default=1.0)
+  gate: Callable[[Array], Array] | None = flax.struct.field(
+      pytree_node=False, default=None)
 
 
 @flax.struct.dataclass

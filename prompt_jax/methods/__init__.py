@@ -14,6 +14,8 @@ from prompt_jax.methods.ia3 import IA3
 from prompt_jax.methods.ln_tuning import LNTuning
 from prompt_jax.methods.lora import LoRA
 from prompt_jax.methods.p_tuning import PTuning
+from prompt_jax.methods.p_tuning_v2 import PTuningV2
+from prompt_jax.methods.prefix_tuning import PrefixTuning
 from prompt_jax.methods.prompt_bank import PromptBank
 from prompt_jax.methods.prompt_tuning import PromptTuning
 
@@ -22,6 +24,8 @@ METHODS: dict[str, type[Method]] = {
     "full_finetune": FullFinetune,
     "lora": LoRA,
     "p_tuning": PTuning,
+    "prefix_tuning": PrefixTuning,
+    "p_tuning_v2": PTuningV2,
     "ia3": IA3,
     "adapters": Adapters,
     "bitfit": BitFit,

@@ -34,20 +34,25 @@ def _bias(s: seams_lib.AttentionSeams, name: str):
 
 def _with_prefix(keys: Array, values: Array, mask: Array, bias: Array | None,
                  s: seams_lib.AttentionSeams):
-  """Prepends per-layer prefix keys/values; they are visible and unbiased.
+  """Prepends per-layer prefix keys/values; they are visible and unbiased,
+  unless `bias` already covers them (the decoder's `position_offset`).
 
-  keys/values: [B, Tk, N, D]; mask: [B|1, 1, Tq, Tk]; bias: [1|B, N, Tq, Tk].
-  Returns the same with Tk -> P_kv + Tk.
+  keys/values: [B, Tk, N, D]; mask: [B|1, 1, Tq, Tk]; bias: [1|B, N, Tq, Tk]
+  or [1|B, N, Tq, P_kv + Tk]. Returns the same with Tk -> P_kv + Tk.
   """
-  b = keys.shape[0]
+  b, tk = keys.shape[:2]
   pk = jnp.broadcast_to(s.prefix_key, (b,) + s.prefix_key.shape[1:])
   pv = jnp.broadcast_to(s.prefix_value, (b,) + s.prefix_value.shape[1:])
   p = pk.shape[1]
+  if bias is not None and bias.shape[-1] not in (tk, p + tk):
+    raise ValueError(f"T5 attention: a position_offset of "
+                     f"{bias.shape[-1] - tk} needs prefixes of that length, "
+                     f"got {p}")
   keys = jnp.concatenate([pk.astype(keys.dtype), keys], axis=1)
   values = jnp.concatenate([pv.astype(values.dtype), values], axis=1)
   mask = jnp.concatenate(
       [jnp.ones(mask.shape[:-1] + (p,), bool), mask], axis=-1)
-  if bias is not None:
+  if bias is not None and bias.shape[-1] == tk:
     bias = jnp.concatenate(
         [jnp.zeros(bias.shape[:-1] + (p,), bias.dtype), bias], axis=-1)
   return keys, values, mask, bias
@@ -104,6 +109,8 @@ class MultiHeadAttention(nn.Module):
     key, value = self._keys_values(inputs_kv, s, decode)
     if s.prefix_key is not None:
       key, value, mask, bias = _with_prefix(key, value, mask, bias, s)
+    elif bias is not None and bias.shape[-1] > key.shape[1]:
+      bias = bias[..., -key.shape[1]:]  # Offset biases, no prefix here.
     logits = jnp.einsum("bqnd,bknd->bnqk", query, key,
                         preferred_element_type=jnp.float32)
     if bias is not None:

@@ -18,6 +18,8 @@ Parameter tree (T5X names, so T5X checkpoints map one-to-one):
 No training logic lives here; PEFT methods enter through `seams.Seams`.
 """
 
+import functools
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -57,6 +59,14 @@ def _relpos(cfg: T5Config, bidirectional: bool) -> layers.RelativePositionBias:
       num_heads=cfg.num_heads, bidirectional=bidirectional,
       stddev=cfg.emb_dim ** -0.5, dtype=cfg.dtype,
       param_dtype=cfg.param_dtype, name="relpos_bias")
+
+
+def _relpos_after_prefix(relpos: layers.RelativePositionBias, offset: int,
+                         q_positions: Array, k_positions: Array) -> Array:
+  """[1, N, Tq, offset + Tk] biases of keys [prefix slots 0..offset-1, text
+  at offset + k_positions] for queries at offset + q_positions."""
+  keys = jnp.concatenate([jnp.arange(offset), k_positions + offset])
+  return relpos(q_positions + offset, keys)
 
 
 class EncoderLayer(nn.Module):
@@ -137,9 +147,17 @@ class Decoder(nn.Module):
   shared_embedding: nn.Module
 
   def _masks_and_bias(self, t: int, decoder_mask: Array | None,
-                      decode: bool):
-    """Returns (self_mask [B|1, 1, Tq, Tk], bias [1, N, Tq, Tk])."""
+                      decode: bool, offset: int = 0):
+    """Returns (self_mask [B|1, 1, Tq, Tk], bias [1, N, Tq, offset + Tk]).
+
+    With `offset` P > 0 the text sits at positions P, P + 1, ... and the P
+    self-attention prefix slots at 0..P-1 get relative biases like cached
+    tokens (Hugging Face T5 after a pre-filled self-attention cache, i.e.
+    PEFT's prefix tuning); text-to-text biases do not change.
+    """
     relpos = _relpos(self.config, bidirectional=False)
+    if offset:
+      relpos = functools.partial(_relpos_after_prefix, relpos, offset)
     if decode and self.has_variable("cache", "position"):
       # One step: the query sits at `position`; keys span the whole cache,
       # whose length is that of the first layer's self-attention cache.
@@ -185,7 +203,8 @@ class Decoder(nn.Module):
       x, decoder_mask = seams.decoder_embed_fn(x, decoder_mask)
     x = nn.with_logical_constraint(x, _ACT)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic)
-    self_mask, bias = self._masks_and_bias(x.shape[1], decoder_mask, decode)
+    self_mask, bias = self._masks_and_bias(x.shape[1], decoder_mask, decode,
+                                           seams.position_offset)
     cross_mask = encoder_mask[:, None, None, :].astype(bool)
     for i in range(cfg.num_decoder_layers):
       x = DecoderLayer(cfg, name=f"layers_{i}")(

@@ -40,13 +40,18 @@ HOULSBY_STD = 1e-2
 Params = dict[str, dict[str, Array]]
 
 
-def apply(params: Params, x: Array, act: Callable[[Array], Array]) -> Array:
-  """x [..., H] -> x + act(x W_down + b_down) W_up + b_up [..., H]."""
+def delta(params: Params, x: Array, act: Callable[[Array], Array]) -> Array:
+  """x [..., H] -> act(x W_down + b_down) W_up + b_up [..., H], what the
+  adapter adds to x."""
   down, up = params["down"], params["up"]
   hidden = act(x @ down["kernel"].astype(x.dtype) +
                down["bias"].astype(x.dtype))  # [..., R]
-  return x + (hidden @ up["kernel"].astype(x.dtype) +
-              up["bias"].astype(x.dtype))
+  return hidden @ up["kernel"].astype(x.dtype) + up["bias"].astype(x.dtype)
+
+
+def apply(params: Params, x: Array, act: Callable[[Array], Array]) -> Array:
+  """x [..., H] -> x + delta(x) [..., H]."""
+  return x + delta(params, x, act)
 
 
 def abstract(width: int, bottleneck: int) -> dict:

@@ -318,3 +318,26 @@ def test_pseudo_tokens_and_position_offset():
   np.testing.assert_allclose(
       _run(ids, seams=seams_lib.Seams(position_offset=4)),
       _run(ids, positions=jnp.asarray(pos, jnp.int32)), rtol=1e-6, atol=1e-6)
+
+
+def test_low_rank_delta_gate_scales_the_update_per_row():
+  """gate 0 removes the delta; a per-row gate g equals the delta's scale
+  times g (row 0 at 1, row 1 at 0.25)."""
+  rng = np.random.RandomState(6)
+  a = rng.normal(size=(H, 3)).astype(np.float32)
+  b = rng.normal(size=(3, N, D)).astype(np.float32) * 0.1
+  ids = _ids(2)
+
+  def seams(scale, gate=None):
+    delta = seams_lib.LowRankDelta(a=a, b=b, scale=scale, gate=gate)
+    return seams_lib.Seams(decoder_layers=(seams_lib.LayerSeams(
+        self_attention=seams_lib.AttentionSeams(deltas={"query": delta})),))
+  np.testing.assert_allclose(
+      _run(ids, seams=seams(0.5, lambda x: jnp.zeros(x.shape[:2]))),
+      _run(ids), rtol=1e-6, atol=1e-6)
+  gated = _run(ids, seams=seams(
+      1.0, lambda x: jnp.array([[1.0], [0.25]]) * jnp.ones(x.shape[:2])))
+  np.testing.assert_allclose(gated[0], _run(ids, seams=seams(1.0))[0],
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(gated[1], _run(ids, seams=seams(0.25))[1],
+                             rtol=1e-5, atol=1e-5)
