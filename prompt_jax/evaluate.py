@@ -89,7 +89,8 @@ def evaluate(*, model_dir: str, backbone: run_setup.BackboneConfig,
   `tasks.squad.span_constraint_fn()` for span extraction (module docs);
   None decodes freely.
   """
-  run = run_setup.build_run(backbone=backbone, method=method,
+  run = run_setup.build_run(backbone=backbone,
+                            method=method.inference_method(),
                             mesh_cfg=mesh_cfg)
   trainable = load_trainable(run, model_dir, prompt_file)
   frozen_shardings = jax.tree.map(lambda x: x.sharding, run.frozen)

@@ -105,7 +105,8 @@ def infer(*, model_dir: str, backbone: run_setup.BackboneConfig,
   if (dataset_cfg is None) == (input_file is None):
     raise ValueError("infer: give exactly one of dataset_cfg or input_file")
   jsonl_io.check_output_path(output_file, overwrite)
-  run = run_setup.build_run(backbone=backbone, method=method,
+  run = run_setup.build_run(backbone=backbone,
+                            method=method.inference_method(),
                             mesh_cfg=mesh_cfg)
   trainable = evaluate_lib.load_trainable(run, model_dir, prompt_file)
   if input_file is not None:

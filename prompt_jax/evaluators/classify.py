@@ -218,7 +218,8 @@ def classify(*, model_dir: str, backbone: run_setup.BackboneConfig,
   _check_args(options, prompt_file, compare_zero_shot, max_rows, batch_size)
   path = resolve_prompt_file(model_dir, prompt_file, method)
   rows = read_labelled_rows(task, split, len(options), max_rows)
-  run = run_setup.build_run(backbone=backbone, method=method,
+  run = run_setup.build_run(backbone=backbone,
+                            method=method.inference_method(),
                             mesh_cfg=mesh_cfg)
   option_ids = encode_options(run, options, task)
   frozen = scoring_params(run.frozen)
@@ -231,7 +232,7 @@ def classify(*, model_dir: str, backbone: run_setup.BackboneConfig,
 
   prompt_accuracy = None
   if path is not None:
-    prompt_accuracy = accuracy(method.load_artifact(path, run.model.lm))
+    prompt_accuracy = accuracy(run.method.load_artifact(path, run.model.lm))
   result = {
       "task": task, "split": split, "rows": len(rows.inputs),
       "options": list(options),

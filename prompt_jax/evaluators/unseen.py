@@ -411,7 +411,8 @@ def evaluate_unseen(*, model_dir: str, backbone: run_setup.BackboneConfig,
         prompt_file=prompt_file, output_dir=output_dir, trained_on=trained_on)
   names = resolve_tasks(task_names)
   check_unseen(names, trained_on)
-  run = run_setup.build_run(backbone=backbone, method=method,
+  run = run_setup.build_run(backbone=backbone,
+                            method=method.inference_method(),
                             mesh_cfg=mesh_cfg)
   trainable = evaluate_lib.load_trainable(run, model_dir, prompt_file)
   predictor = predicting.Predictor(

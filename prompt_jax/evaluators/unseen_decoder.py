@@ -463,7 +463,8 @@ def evaluate_unseen_kshot_run(*, model_dir: str, backbone, method, mesh_cfg,
   if overlap:
     raise ValueError(f"tasks {overlap} were trained on ({list(trained_on)});"
                      " an unseen-task evaluation must leave them out")
-  run = run_setup.build_run(backbone=backbone, method=method,
+  run = run_setup.build_run(backbone=backbone,
+                            method=method.inference_method(),
                             mesh_cfg=mesh_cfg)
   tokenizer = run.tokenizer
   if tokenizer is None and run.model.family == models.ENCODER_DECODER:

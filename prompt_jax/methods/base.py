@@ -80,6 +80,12 @@ class Method(abc.ABC):
     """The frozen tree given the loaded backbone (all of it by default)."""
     return params
 
+  def inference_method(self) -> "Method":
+    """The method that runs this one's artifact (what eval, infer and
+    classify build): itself, unless training reparameterises what the
+    artifact stores plainly (prefix tuning's MLP, P-tuning's encoder)."""
+    return self
+
   def consumes_backbone(self) -> bool:
     """True if `init_trainable` takes the backbone over (the trainer
     donates it, so the caller must not use `params` afterwards)."""

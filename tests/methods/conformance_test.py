@@ -348,6 +348,17 @@ def test_artifact_round_trips_bit_for_bit(run, tmp_path):
   assert method.latest_artifact(tmp_path) == path
   loaded = method.load_artifact(path, run.backbone.lm)
   _assert_same_bits(loaded, trained, "loaded")
+  # What eval/infer/classify build runs the artifact, with the same logits.
+  inference = method.inference_method()
+  served = inference.load_artifact(path, run.backbone.lm)
+  assert jax.tree.structure(served) == jax.tree.structure(
+      base.abstract_values(inference, run.backbone.lm))
+  if inference != method:
+    got = _loss_and_scores(base.TunedModel(run.backbone.lm, inference),
+                           served, run.frozen_host, run.backbone)
+    want = _loss_and_scores(run.model, trained, run.frozen_host,
+                            run.backbone)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-6)
 
 
 def test_settings_are_json_and_name_the_method(run):

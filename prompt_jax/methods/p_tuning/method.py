@@ -211,6 +211,11 @@ class PTuning(base.Method):
       artifacts.save_tree(self.encoder_path(path), trainable)
     return artifacts.save_array(path, jax.jit(self.table)(trainable))
 
+  def inference_method(self) -> "PTuning":
+    """The table form: the exported [P, H] table runs without the
+    encoder."""
+    return dataclasses.replace(self, form="table")
+
   def load_artifact(self, path: str | os.PathLike,
                     lm: models.LanguageModel) -> PyTree:
     """The encoder tree (encoder form, when its `.npz` is there), else the

@@ -117,8 +117,12 @@ class PrefixTuning(base.Method):
     """The computed prefixes (prefix form), without the MLP."""
     return artifacts.save_tree(path, {trees.PREFIX: self.prefixes(trainable)})
 
+  def inference_method(self) -> "PrefixTuning":
+    """Without the reparameterisation: the artifact is the plain prefixes."""
+    return dataclasses.replace(self, projection=False, hidden=None)
+
   def load_artifact(self, path: str | os.PathLike,
                     lm: models.LanguageModel) -> PyTree:
     """The prefix form (runs with `bind` whatever `projection` is)."""
-    plain = dataclasses.replace(self, projection=False, hidden=None)
-    return artifacts.load_tree(path, base.abstract_values(plain, lm))
+    return artifacts.load_tree(
+        path, base.abstract_values(self.inference_method(), lm))

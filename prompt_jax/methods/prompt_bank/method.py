@@ -22,24 +22,12 @@ from prompt_jax import models
 from prompt_jax import types
 from prompt_jax.backbones import seams as seams_lib
 from prompt_jax.methods import base
+from prompt_jax.methods.p_tuning import method as p_tuning
 from prompt_jax.methods.prompt_tuning import method as prompt_tuning
 from prompt_jax.methods.prompt_tuning import specs
 from prompt_jax.types import Array, PRNGKey, PyTree
 
 _AXES = (None, types.PROMPT, types.PROMPT_EMBED)
-
-
-def fill(table: Array, tokens: Array, x: Array) -> Array:
-  """x [B, T, H] with the slots of negative ids set to table rows.
-
-  Args:
-    table: [K * P, H] pseudo-token rows (row j for id -1 - j).
-    tokens: [B, T] ids (negative: pseudo).
-    x: [B, T, H] embeddings.
-  """
-  rows = jnp.take(table, jnp.clip(-1 - tokens, 0, table.shape[0] - 1),
-                  axis=0).astype(x.dtype)
-  return jnp.where((tokens < 0)[..., None], rows, x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +87,7 @@ class PromptBank(base.Method):
     prompts = trainable["bank"]["prompts"]
     table = prompts.reshape(-1, prompts.shape[-1])
     return frozen, seams_lib.Seams(
-        pseudo_token_fn=lambda tokens, x: fill(table, tokens, x))
+        pseudo_token_fn=p_tuning.pseudo_token_fn(table))
 
   def settings(self) -> dict[str, Any]:
     return {"method": self.name, "bank_tasks": list(self.tasks),
