@@ -132,6 +132,21 @@ class Embed(nn.Module):
                       preferred_element_type=jnp.float32)
 
 
+def gate_prefix_logits(logits: Array, gate: Array, prefix_length: int
+                       ) -> Array:
+  """Adds log(gate) to the first `prefix_length` key slots of `logits`.
+
+  Args:
+    logits: [B, ..., Tq, Tk] attention logits, prefix slots first.
+    gate: [B, Tq] or [B, 1] in (0, 1].
+  """
+  log_gate = jnp.log(gate.astype(jnp.float32))
+  log_gate = log_gate.reshape((log_gate.shape[0],) + (1,) * (
+      logits.ndim - 3) + (log_gate.shape[1], 1))
+  is_prefix = jnp.arange(logits.shape[-1]) < prefix_length
+  return logits + jnp.where(is_prefix, log_gate, 0.0)
+
+
 def embed_with_pseudo_tokens(embedder: "Embed", tokens: Array,
                              pseudo_token_fn: Callable[[Array, Array], Array]
                              | None) -> Array:

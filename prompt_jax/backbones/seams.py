@@ -71,6 +71,9 @@ class AttentionSeams:
     biases: added to a projection's output, by name ([N, D] for query,
       key, value; [H] for out).
     post_fn: `[B, T, H] -> [B, T, H]` on the block's output (adapters).
+    prefix_gate: `x_q [B, Tq, H] -> g [B, Tq] or [B, 1]` in (0, 1]: the
+      prefix slots' attention logits get `+ log g` (their unnormalised
+      weights are multiplied by g, so g -> 0 removes the prefix; UniPELT).
   """
   prefix_key: Array | None = None
   prefix_value: Array | None = None
@@ -79,6 +82,8 @@ class AttentionSeams:
   deltas: Mapping[str, LowRankDelta] | None = None
   biases: Mapping[str, Array] | None = None
   post_fn: Callable[[Array], Array] | None = flax.struct.field(
+      pytree_node=False, default=None)
+  prefix_gate: Callable[[Array], Array] | None = flax.struct.field(
       pytree_node=False, default=None)
 
 

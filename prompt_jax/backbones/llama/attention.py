@@ -164,6 +164,9 @@ class GroupedQueryAttention(nn.Module):
     grouped = query.reshape(b, t, k, n // k, d)  # [B, T, N, D] -> [B,T,K,G,D]
     logits = jnp.einsum("bqkgd,bskd->bkgqs", grouped, key,
                         preferred_element_type=jnp.float32) * d ** -0.5
+    if s.prefix_gate is not None and s.prefix_key is not None:
+      logits = layers.gate_prefix_logits(logits, s.prefix_gate(x),
+                                         s.prefix_key.shape[1])
     logits = jnp.where(mask[:, None, None], logits, _NEG_INF)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     weights = nn.Dropout(self.dropout_rate)(weights, deterministic)

@@ -115,6 +115,9 @@ class MultiHeadAttention(nn.Module):
                         preferred_element_type=jnp.float32)
     if bias is not None:
       logits = logits + bias
+    if s.prefix_gate is not None and s.prefix_key is not None:
+      logits = layers.gate_prefix_logits(logits, s.prefix_gate(inputs_q),
+                                         s.prefix_key.shape[1])
     logits = jnp.where(mask, logits, layers._NEG_INF)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     weights = nn.Dropout(self.dropout_rate)(weights, deterministic)

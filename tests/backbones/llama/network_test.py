@@ -341,3 +341,32 @@ def test_low_rank_delta_gate_scales_the_update_per_row():
                              rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(gated[1], _run(ids, seams=seams(0.25))[1],
                              rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_gate_weighs_the_prefix_slots():
+  """gate 1 is the plain prefix; gate ~0 removes it; gate g equals a
+  prefix whose slots count g times (here: the prefix duplicated, g = 2
+  would double it; 0.5 on a duplicated prefix equals the single one)."""
+  ids = _ids()
+  rng = np.random.RandomState(7)
+  pk = rng.normal(size=(1, 2, K, D)).astype(np.float32)
+  pv = rng.normal(size=(1, 2, K, D)).astype(np.float32)
+
+  def seams(k, v, gate=None):
+    attn = seams_lib.AttentionSeams(prefix_key=k, prefix_value=v,
+                                    prefix_gate=gate)
+    return seams_lib.Seams(
+        decoder_layers=(seams_lib.LayerSeams(self_attention=attn),))
+  plain = _run(ids, seams=seams(pk, pv))
+  ones = lambda x: jnp.ones(x.shape[:2])
+  np.testing.assert_allclose(_run(ids, seams=seams(pk, pv, ones)), plain,
+                             rtol=1e-6, atol=1e-6)
+  tiny = lambda x: jnp.full(x.shape[:2], 1e-30)
+  np.testing.assert_allclose(_run(ids, seams=seams(pk, pv, tiny)),
+                             _run(ids), rtol=1e-4, atol=1e-4)
+  half = lambda x: jnp.full(x.shape[:2], 0.5)
+  twice = seams(np.concatenate([pk, pk], 1), np.concatenate([pv, pv], 1),
+                half)
+  np.testing.assert_allclose(_run(ids, seams=twice), plain, rtol=1e-4,
+                             atol=1e-4)
+  assert np.abs(plain - _run(ids)).max() > 1e-2
