@@ -18,6 +18,7 @@ from prompt_jax.methods.p_tuning_v2 import PTuningV2
 from prompt_jax.methods.prefix_tuning import PrefixTuning
 from prompt_jax.methods.prompt_bank import PromptBank
 from prompt_jax.methods.prompt_tuning import PromptTuning
+from prompt_jax.methods.unipelt import UniPELT
 
 METHODS: dict[str, type[Method]] = {
     "prompt_tuning": PromptTuning,
@@ -30,6 +31,7 @@ METHODS: dict[str, type[Method]] = {
     "adapters": Adapters,
     "bitfit": BitFit,
     "ln_tuning": LNTuning,
+    "unipelt": UniPELT,
     "prompt_bank": PromptBank,
     "compose": Compose,
 }

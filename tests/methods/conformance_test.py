@@ -47,6 +47,7 @@ METHOD_ARGS: dict[str, dict[str, Any]] = {
     "lora": dict(rank=2, targets="all-linear"),
     "p_tuning": dict(length=4, encoder_hidden_size=8),
     "adapters": dict(reduction_factor=4),
+    "unipelt": dict(rank=2, prefix_length=2, reduction_factor=4),
     "prompt_bank": dict(tasks=("a", "b"), length=2,
                         init=specs.random_uniform()),
     "compose": dict(methods=(
