@@ -13,8 +13,12 @@ and the suite checks that:
      one per backbone weight and moment, by design);
   3. with `identity_at_init`, loss and scores equal the bare backbone bit
      for bit at init; without it, they differ;
-  4. the artifact round-trips bit for bit (or the method says it has none);
-  5. `settings()` is JSON and names the method.
+  4. the artifact round-trips bit for bit (or the method says it has none),
+     and the method eval/infer build (`inference_method`) runs it with the
+     trained logits;
+  5. greedy decoding through the KV cache scores its tokens as teacher
+     forcing does (the method is not lost in `generate`);
+  6. `settings()` is JSON and names the method.
 """
 
 import collections
@@ -360,6 +364,23 @@ def test_artifact_round_trips_bit_for_bit(run, tmp_path):
     want = _loss_and_scores(run.model, trained, run.frozen_host,
                             run.backbone)
     np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-6)
+
+
+def test_cached_generation_scores_as_teacher_forcing(run):
+  """Greedy decoding through the KV cache, with the trained method in
+  place, scores its own tokens as teacher forcing does: a method lost or
+  misplaced in `generate` (PEFT's most reported bug class) would differ."""
+  bb, trained = run.backbone, run.trainable[-1]
+  inputs = bb.score[0]
+
+  def both(t, f, x):
+    tokens, scores = run.model.generate(t, f, x, max_decode_length=3)
+    eos = tokens == bb.lm.config.eos_id
+    upto_eos = (jax.numpy.cumsum(eos, axis=1) - eos) == 0
+    return tokens, scores, run.model.score_batch(
+        t, f, x, tokens, target_mask=upto_eos)[0]
+  _, cached, forced = jax.jit(both)(trained, run.frozen_host, inputs)
+  np.testing.assert_allclose(cached, forced, rtol=1e-4, atol=1e-4)
 
 
 def test_settings_are_json_and_name_the_method(run):
