@@ -9,6 +9,9 @@ import pytest
 
 from prompt_jax import models
 from prompt_jax.backbones.llama import config as llama_config
+from prompt_jax.methods import IA3
+from prompt_jax.methods import PTuning
+from prompt_jax.methods import PrefixTuning
 from prompt_jax.methods import counting
 from prompt_jax.methods import full_finetune
 from prompt_jax.methods import lora
@@ -51,3 +54,16 @@ def test_full_finetune_trains_everything(smollm2):
   count = counting.count_trainable(full_finetune.FullFinetune(), smollm2)
   assert count.trainable == count.all == count.backbone
   assert count.percent == 100.0
+
+
+@pytest.mark.parametrize("backbone, method, want", [
+    # The counts PEFT records (its docs and tests) for these shapes.
+    ("bloomz", PrefixTuning(length=20), 983_040),
+    ("bloomz", PTuning(length=20, encoder_hidden_size=128), 300_288),
+    ("smollm2", PrefixTuning(length=20), 230_400),
+    ("smollm2", IA3(), 57_600),
+])
+def test_pefts_recorded_counts(backbone, method, want, smollm2,
+                               bloomz_shapes):
+  lm = smollm2 if backbone == "smollm2" else bloomz_shapes
+  assert counting.count_trainable(method, lm).trainable == want
