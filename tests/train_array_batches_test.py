@@ -9,6 +9,8 @@ an uninterrupted 4-step run does, and `prompt_jax.train` imports with seqio
 and TensorFlow unavailable.
 """
 
+import contextlib
+import io
 import os
 import pathlib
 import subprocess
@@ -76,14 +78,23 @@ def uninterrupted(tmp_path_factory):
   mp = pytest.MonkeyPatch()
   mp.setattr(train_lib.run_setup, "build_run", spy)
   model_dir = tmp_path_factory.mktemp("uninterrupted")
+  out = io.StringIO()
   try:
     positions = []
-    result = _train(model_dir, 4, positions)
+    with contextlib.redirect_stdout(out):
+      result = _train(model_dir, 4, positions)
   finally:
     mp.undo()
   run, = built
   return types.SimpleNamespace(result=result, run=run, positions=positions,
-                               model_dir=model_dir)
+                               model_dir=model_dir, stdout=out.getvalue())
+
+
+def test_the_run_prints_its_trainable_count_first(uninterrupted):
+  first = uninterrupted.stdout.splitlines()[0]
+  p_h = 4 * uninterrupted.run.config.emb_dim
+  assert first.startswith(f"prompt_tuning: trainable params: {p_h:,} || "
+                          "all params: "), first
 
 
 def _prompt(trainable) -> np.ndarray:
