@@ -99,7 +99,7 @@ def _peft_run(hf_model, method, trainable, family, kwargs, weights):
   """(PEFT's initial lora tensors, its logits, its lora grads by tensor
   name) after loading `trainable` into a PEFT-wrapped `hf_model`."""
   model = peft.get_peft_model(hf_model, peft.LoraConfig(
-      r=R, lora_alpha=ALPHA, lora_dropout=0.0,
+      r=R, lora_alpha=ALPHA, lora_dropout=0.0, use_rslora=method.rslora,
       target_modules=list(method.targets)))
   initial = {k: v.detach().numpy().copy()
              for k, v in peft.get_peft_model_state_dict(model).items()}
@@ -114,11 +114,12 @@ def _peft_run(hf_model, method, trainable, family, kwargs, weights):
   return initial, logits.detach().numpy(), grads
 
 
-@pytest.fixture(scope="module", params=["t5", "llama"])
+@pytest.fixture(scope="module", params=["t5", "llama", "llama-rslora"])
 def setup(request) -> Setup:
-  family = request.param
+  family, _, variant = request.param.partition("-")
   hf_model, params, lm, inputs, kwargs, valid = _hf_models(family)
-  method = LoRA(rank=R, alpha=ALPHA, targets=TARGETS[family])
+  method = LoRA(rank=R, alpha=ALPHA, targets=TARGETS[family],
+                rslora=variant == "rslora")
   init = method.init_trainable(jax.random.key(0), lm, params, None)
   trainable = _with_nonzero_b(init)
   logits_fn = _logits_fn(lm, inputs)
@@ -265,7 +266,9 @@ def test_registry_and_settings():
   method = LoRA(rank=4, alpha=16, targets=["q", "v"])
   assert method.targets == ("q", "v") and method.scale == 4.0
   assert method.settings() == {"method": "lora", "lora_rank": 4,
-                               "lora_alpha": 16, "lora_targets": ["q", "v"]}
+                               "lora_alpha": 16, "lora_targets": ["q", "v"],
+                               "lora_rslora": False}
+  assert LoRA(rank=4, alpha=16, rslora=True).scale == 8.0  # 16 / sqrt(4)
   assert hash(method) == hash(LoRA(rank=4, alpha=16, targets=("q", "v")))
 
 

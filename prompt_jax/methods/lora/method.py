@@ -51,11 +51,14 @@ class LoRA(base.Method):
       None for PEFT's defaults (T5 q, v; Llama q_proj, v_proj).
     dropout: PEFT's `lora_dropout` on the delta's input. Only 0 runs: the
       `LowRankDelta` seam has no dropout yet.
+    rslora: rank-stabilised LoRA (Kalajdzievski 2023, PEFT's
+      `use_rslora`): the deltas are scaled by alpha / sqrt(r).
   """
   rank: int = 8
   alpha: float = 8.0
   targets: Sequence[str] | str | None = None
   dropout: float = 0.0
+  rslora: bool = False
 
   name = "lora"
   artifact_dir = "lora"
@@ -78,8 +81,9 @@ class LoRA(base.Method):
 
   @property
   def scale(self) -> float:
-    """alpha / r, the multiplier of every delta."""
-    return self.alpha / self.rank
+    """alpha / r (rsLoRA: alpha / sqrt(r)), the multiplier of every
+    delta."""
+    return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
 
   def sites(self, lm: models.LanguageModel) -> list[targets_lib.Site]:
     """The projections this LoRA adapts on `lm`."""
@@ -147,4 +151,4 @@ class LoRA(base.Method):
     return {"method": self.name, "lora_rank": self.rank,
             "lora_alpha": self.alpha,
             "lora_targets": None if self.targets is None else list(
-                self.targets)}
+                self.targets), "lora_rslora": self.rslora}
