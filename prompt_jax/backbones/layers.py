@@ -64,6 +64,16 @@ def _contract(x: Array, kernel: Array, n_in: int, dtype,
       preferred_element_type=out_dtype)
 
 
+def _dropped(x: Array, delta: seams_lib.LowRankDelta) -> Array:
+  """x with the delta's input dropout (inverted scaling) when it has a
+  dropout rng, else x."""
+  if delta.dropout_rng is None or delta.dropout_rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(delta.dropout_rng, 1.0 - delta.dropout_rate,
+                              x.shape)
+  return jnp.where(keep, x / (1.0 - delta.dropout_rate), 0.0).astype(x.dtype)
+
+
 class Projection(nn.Module):
   """Bias-free linear map from the last `n_in` axes to `features`.
 
@@ -96,7 +106,8 @@ class Projection(nn.Module):
     out_dtype = jnp.float32 if self.fp32_output else None
     y = _contract(x, kernel, self.n_in, self.dtype, out_dtype)
     if delta is not None:
-      low = _contract(x, delta.a, self.n_in, self.dtype)  # [..., R]
+      low = _contract(_dropped(x, delta), delta.a, self.n_in,
+                      self.dtype)  # [..., R]
       update = delta.scale * _contract(low, delta.b, 1, self.dtype, out_dtype)
       if delta.gate is not None:
         gate = delta.gate(x)  # [B, T] or [B, 1]

@@ -50,12 +50,16 @@ class LowRankDelta:
     scale: multiplier (alpha / R in LoRA).
     gate: optional `x [B, T, *in_dims] -> [B, T] or [B, 1]` multiplier of
       the delta computed from the projection's input (UniPELT's gates).
+    dropout_rate / dropout_rng: dropout on the delta's input (LoRA's
+      dropout), applied only when `dropout_rng` is given (training).
   """
   a: Array
   b: Array
   scale: float = flax.struct.field(pytree_node=False, default=1.0)
   gate: Callable[[Array], Array] | None = flax.struct.field(
       pytree_node=False, default=None)
+  dropout_rate: float = flax.struct.field(pytree_node=False, default=0.0)
+  dropout_rng: Array | None = None
 
 
 @flax.struct.dataclass

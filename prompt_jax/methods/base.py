@@ -22,6 +22,7 @@ import re
 from typing import Any, ClassVar, Mapping
 
 import flax
+import jax
 
 from prompt_jax import models
 from prompt_jax.backbones import seams as seams_lib
@@ -71,6 +72,15 @@ class Method(abc.ABC):
   def bind(self, lm: models.LanguageModel, trainable: PyTree,
            frozen: PyTree) -> tuple[PyTree, seams_lib.Seams]:
     """(params to run, seams) for one forward pass."""
+
+  def bind_train(self, lm: models.LanguageModel, trainable: PyTree,
+                 frozen: PyTree, rng: PRNGKey) -> tuple[PyTree,
+                                                        seams_lib.Seams]:
+    """`bind` for a training step with dropout on; `rng` is this step's key
+    for the method's own dropout (LoRA's, prefix dropout). Default: `bind`
+    (the method has no dropout)."""
+    del rng
+    return self.bind(lm, trainable, frozen)
 
   def check(self, lm: models.LanguageModel) -> None:
     """Raises a one-line ValueError if the method cannot run on `lm`."""
@@ -190,8 +200,13 @@ class TunedModel:
   def loss_fn(self, trainable: PyTree, frozen: PyTree,
               batch: Mapping[str, Array], rng: PRNGKey | None = None,
               enable_dropout: bool = False) -> tuple[Array, dict]:
-    """Scalar loss and summed metrics; differentiate w.r.t. `trainable`."""
-    params, seams = self.bind(trainable, frozen)
+    """Scalar loss and summed metrics; differentiate w.r.t. `trainable`.
+    With dropout on, the method binds with its own key (`bind_train`)."""
+    if enable_dropout and rng is not None and trainable is not None:
+      params, seams = self.method.bind_train(
+          self.lm, trainable, frozen, jax.random.fold_in(rng, 1))
+    else:
+      params, seams = self.bind(trainable, frozen)
     return self.lm.loss_fn(params, batch, seams=seams, rng=rng,
                            enable_dropout=enable_dropout)
 

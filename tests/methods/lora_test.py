@@ -9,6 +9,7 @@ Every LoRA target of the family is adapted (all attention blocks and MLPs).
 
 from typing import Any, NamedTuple
 
+import flax
 import flax.traverse_util
 import gin
 import jax
@@ -256,7 +257,7 @@ def test_bad_settings_are_one_line_errors():
   with pytest.raises(ValueError, match="rank"):
     LoRA(rank=0)
   with pytest.raises(ValueError, match="dropout"):
-    LoRA(dropout=0.1)
+    LoRA(dropout=-0.1)
   with pytest.raises(ValueError, match="empty"):
     LoRA(targets=())
 
@@ -266,7 +267,8 @@ def test_registry_and_settings():
   method = LoRA(rank=4, alpha=16, targets=["q", "v"])
   assert method.targets == ("q", "v") and method.scale == 4.0
   assert method.settings() == {"method": "lora", "lora_rank": 4,
-                               "lora_alpha": 16, "lora_targets": ["q", "v"],
+                               "lora_alpha": 16, "lora_dropout": 0.0,
+                               "lora_targets": ["q", "v"],
                                "lora_rslora": False}
   assert LoRA(rank=4, alpha=16, rslora=True).scale == 8.0  # 16 / sqrt(4)
   assert hash(method) == hash(LoRA(rank=4, alpha=16, targets=("q", "v")))
@@ -283,3 +285,29 @@ def test_gin_file_builds_the_method_and_replaces_the_optimizer():
   assert gin.get_configurable(LoRA)() == LoRA(4, 8.0, ("q", "o"))
   assert gin.get_bindings(optim.make_optimizer) == {
       "name": "adamw", "learning_rate": 1e-4}
+
+
+def test_dropout_acts_at_training_steps_only():
+  """LoRA dropout: evaluation (`bind`) ignores it; a training bind with a
+  key drops the delta's input (deterministic per key, different across
+  keys), and a rate of 0 trains exactly as without dropout."""
+  lm = models.DecoderOnlyLM(llama_testing.tiny_decoder_config(num_layers=1))
+  params = flax.core.meta.unbox(lm.module.init(
+      jax.random.key(0), jnp.ones((1, 1), jnp.int32))["params"])
+  plain, dropped = LoRA(rank=2), LoRA(rank=2, dropout=0.5)
+  trainable = _with_nonzero_b(plain.init_trainable(jax.random.key(1), lm,
+                                                   params, None))
+  batch = {"decoder_target_tokens": np.array([[5, 6, 7, 8]], np.int32),
+           "decoder_loss_weights": np.array([[0, 1, 1, 1]], np.int32)}
+
+  def loss(method, rng, dropout=True):
+    return float(base.TunedModel(lm, method).loss_fn(
+        trainable, params, batch, rng=rng, enable_dropout=dropout)[0])
+  key = jax.random.key(3)
+  assert loss(dropped, key, dropout=False) == loss(plain, key, False)
+  assert loss(plain, key) == loss(plain, key, False)
+  assert loss(dropped, key) == loss(dropped, key)
+  assert loss(dropped, key) != loss(dropped, jax.random.key(4))
+  assert loss(dropped, key) != loss(plain, key)
+  with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+    LoRA(dropout=1.0)

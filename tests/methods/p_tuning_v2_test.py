@@ -79,7 +79,7 @@ def test_artifact_round_trips(t5, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,needle", [
-    (dict(dropout=0.1), "dropout"),
+    (dict(dropout=1.0), "dropout"),
     (dict(length=0), "PTuningV2 length"),
     (dict(mode="deep"), "'deep'"),
 ])
@@ -118,3 +118,22 @@ def test_gin_file_builds_the_method_and_the_optimizer():
       6, mode="peft_compat")
   assert gin.get_bindings(optim.make_optimizer) == {
       "name": "adamw", "learning_rate": 1e-2}
+
+
+def test_prefix_dropout_acts_at_training_steps_only():
+  lm = models.DecoderOnlyLM(llama_testing.tiny_decoder_config(num_layers=1))
+  params = flax.core.meta.unbox(lm.module.init(
+      jax.random.key(0), jax.numpy.ones((1, 1), jax.numpy.int32))["params"])
+  plain, dropped = PTuningV2(length=3), PTuningV2(length=3, dropout=0.5)
+  trainable = plain.init_trainable(jax.random.key(1), lm, params, None)
+  batch = {"decoder_target_tokens": np.array([[5, 6, 7, 8]], np.int32),
+           "decoder_loss_weights": np.array([[0, 1, 1, 1]], np.int32)}
+
+  def loss(method, rng, dropout=True):
+    return float(base.TunedModel(lm, method).loss_fn(
+        trainable, params, batch, rng=rng, enable_dropout=dropout)[0])
+  key = jax.random.key(3)
+  assert loss(dropped, key, dropout=False) == loss(plain, key, False)
+  assert loss(dropped, key) == loss(dropped, key)
+  assert loss(dropped, key) != loss(dropped, jax.random.key(4))
+  assert loss(dropped, key) != loss(plain, key)

@@ -84,9 +84,23 @@ class Compose(base.Method):
 
   def bind(self, lm: models.LanguageModel, trainable: PyTree,
            frozen: PyTree) -> tuple[PyTree, seams_lib.Seams]:
+    return self._chain(trainable, frozen,
+                       lambda i, m, t, p: m.bind(lm, t, p))
+
+  def bind_train(self, lm: models.LanguageModel, trainable: PyTree,
+                 frozen: PyTree, rng: PRNGKey
+                 ) -> tuple[PyTree, seams_lib.Seams]:
+    """`bind` with each member's training dropout (its own key)."""
+    return self._chain(trainable, frozen, lambda i, m, t, p: m.bind_train(
+        lm, t, p, jax.random.fold_in(rng, i)))
+
+  def _chain(self, trainable: PyTree, frozen: PyTree, bind_one
+             ) -> tuple[PyTree, seams_lib.Seams]:
+    """Binds the members in order, each on the params the previous one
+    returned; merges their seams."""
     params, seams, before = frozen, seams_lib.Seams(), []
-    for m in self.methods:
-      params, s = m.bind(lm, trainable[m.name], params)
+    for i, m in enumerate(self.methods):
+      params, s = bind_one(i, m, trainable[m.name], params)
       seams = merge.merge(seams, s, (" or ".join(before), m.name))
       before.append(m.name)
     return params, seams

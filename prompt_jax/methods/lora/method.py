@@ -49,8 +49,8 @@ class LoRA(base.Method):
     targets: PEFT module names of the backbone's family (`lora.targets`),
       a sequence or one name; 'all-linear' for every layer projection;
       None for PEFT's defaults (T5 q, v; Llama q_proj, v_proj).
-    dropout: PEFT's `lora_dropout` on the delta's input. Only 0 runs: the
-      `LowRankDelta` seam has no dropout yet.
+    dropout: PEFT's `lora_dropout` on the delta's input, at training steps
+      with dropout on (`bind_train`); evaluation runs without it.
     rslora: rank-stabilised LoRA (Kalajdzievski 2023, PEFT's
       `use_rslora`): the deltas are scaled by alpha / sqrt(r).
   """
@@ -75,9 +75,9 @@ class LoRA(base.Method):
                        "for PEFT's defaults")
     if not isinstance(self.rank, int) or self.rank < 1:
       raise ValueError(f"LoRA rank must be a positive int, got {self.rank!r}")
-    if self.dropout != 0.0:
-      raise ValueError(f"LoRA dropout {self.dropout} is not supported: the "
-                       "LowRankDelta seam has no dropout (use 0)")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"LoRA dropout must be in [0, 1), got "
+                       f"{self.dropout!r}")
 
   @property
   def scale(self) -> float:
@@ -130,6 +130,19 @@ class LoRA(base.Method):
     del lm
     return frozen, targets_lib.seams_of(self.deltas(trainable))
 
+  def bind_train(self, lm: models.LanguageModel, trainable: PyTree,
+                 frozen: PyTree, rng: PRNGKey
+                 ) -> tuple[PyTree, seams_lib.Seams]:
+    """`bind` with dropout (rate `dropout`, one key per site) on each
+    delta's input."""
+    if self.dropout == 0.0:
+      return self.bind(lm, trainable, frozen)
+    deltas = {path: dataclasses.replace(
+        d, dropout_rate=self.dropout,
+        dropout_rng=jax.random.fold_in(rng, i))
+              for i, (path, d) in enumerate(self.deltas(trainable).items())}
+    return frozen, targets_lib.seams_of(deltas)
+
   def merge(self, trainable: PyTree, frozen: PyTree) -> PyTree:
     """The backbone with every delta folded in: kernel + scale * A @ B in
     the kernel's layout and dtype (run it with no seam).
@@ -149,6 +162,6 @@ class LoRA(base.Method):
 
   def settings(self) -> dict[str, Any]:
     return {"method": self.name, "lora_rank": self.rank,
-            "lora_alpha": self.alpha,
+            "lora_alpha": self.alpha, "lora_dropout": self.dropout,
             "lora_targets": None if self.targets is None else list(
                 self.targets), "lora_rslora": self.rslora}
