@@ -40,6 +40,7 @@ from prompt_jax.methods.p_tuning import peft_format
 from prompt_jax.methods.p_tuning import template as template_lib
 from prompt_jax.methods.prompt_tuning import PromptTuning
 from prompt_jax.testing import llama as llama_testing
+from prompt_jax.testing import peft_families
 
 P, HIDDEN = 4, 12
 LOGITS_REL_BOUND = 1e-5  # max |ours - PEFT| / max |PEFT|, on text slots.
@@ -53,62 +54,12 @@ def _rel(ours, ref) -> float:
   return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
-class Family(NamedTuple):
-  """A backbone, its HF twin factory and one batch."""
-  lm: Any
-  params: Any
-  make_hf: Any  # () -> fresh torch model with the same weights.
-  inputs: tuple  # Ours: (ids, mask) or (enc, dec).
-  kwargs: dict  # HF forward arguments.
-  valid: np.ndarray  # bool [B, T] compared slots.
-
-
-def _llama() -> Family:
-  cfg = llama_testing.tiny_decoder_config(emb_dim=48, num_heads=6,
-                                          num_kv_heads=2,
-                                          num_layers=2)
-  _, params = llama_testing.random_hf_llama(cfg, seed=3)
-  rng = np.random.RandomState(0)
-  ids = rng.randint(3, cfg.vocab_size, (2, 8)).astype(np.int32)
-  ids[:, 0] = cfg.bos_id
-  mask = np.ones_like(ids)
-  mask[1, 5:] = 0
-  ids = ids * mask
-  kwargs = dict(input_ids=torch.tensor(ids, dtype=torch.long),
-                attention_mask=torch.tensor(mask))
-  return Family(models.DecoderOnlyLM(cfg), params,
-                lambda: llama_testing.random_hf_llama(cfg, seed=3)[0],
-                (ids, mask.astype(bool)), kwargs, mask.astype(bool))
-
-
-def _t5() -> Family:
-  _, cfg, params = testing.random_hf_t5("t5_1_1", num_layers=2,
-                                        num_decoder_layers=1)
-  rng = np.random.RandomState(0)
-  enc = testing.padded_batch(rng, 2, 9, cfg.vocab_size, lengths=[9, 6])
-  dec = testing.padded_batch(rng, 2, 4, cfg.vocab_size, start_with_pad=True)
-  kwargs = dict(input_ids=torch.tensor(enc, dtype=torch.long),
-                attention_mask=torch.tensor(enc != 0),
-                decoder_input_ids=torch.tensor(dec, dtype=torch.long))
-  return Family(models.EncoderDecoderLM(cfg), params,
-                lambda: testing.random_hf_t5("t5_1_1", num_layers=2,
-                                             num_decoder_layers=1)[0],
-                (enc, dec), kwargs, np.ones(dec.shape, bool))
+Family = peft_families.Family
 
 
 @pytest.fixture(scope="module")
 def families() -> dict[str, Family]:
-  return {"llama": _llama(), "t5": _t5()}
-
-
-def _logits_fn(lm, inputs):
-  """(params, seams) -> text logits [B, T, V]."""
-  if lm.family == models.ENCODER_DECODER:
-    batch = {"encoder_input_tokens": inputs[0],
-             "decoder_input_tokens": inputs[1]}
-    return lambda params, seams: lm.logits(params, batch, seams=seams)
-  ids, mask = inputs
-  return lambda params, seams: lm.text_logits(params, ids, mask, seams=seams)
+  return {"llama": peft_families.llama(), "t5": peft_families.t5()}
 
 
 def _peft_model(fam: Family, encoder_type: str):
@@ -142,7 +93,7 @@ def setup(request, families) -> Setup:
   named = {n: p for n, p in model.named_parameters() if p.requires_grad}
   trainable = {"prompt_encoder": peft_format.from_peft_state(
       {n: p.detach().numpy() for n, p in named.items()}, P)}
-  logits_fn = _logits_fn(fam.lm, fam.inputs)
+  logits_fn = peft_families.logits_fn(fam.lm, fam.inputs)
   shape = jax.eval_shape(logits_fn, fam.params, models.Seams()).shape
   weights = np.random.RandomState(1).standard_normal(shape).astype(
       np.float32) * fam.valid[..., None]
@@ -176,7 +127,7 @@ def test_logits_match_peft(setup):
   err = _rel(ours, ref)
   print(f"{setup.method.encoder_type}: logits rel err {err:.2e}")
   assert err <= LOGITS_REL_BOUND
-  bare = _logits_fn(setup.fam.lm, setup.fam.inputs)(setup.fam.params,
+  bare = peft_families.logits_fn(setup.fam.lm, setup.fam.inputs)(setup.fam.params,
                                                    models.Seams())
   assert np.abs(np.asarray(bare)[valid] - ref).max() > 1e-2
 
@@ -222,7 +173,7 @@ def test_exported_table_reproduces_the_encoder(setup, tmp_path):
   assert method.latest_artifact(tmp_path) == path
   assert _rel(np.load(path), setup.ref["table"]) <= TABLE_REL_BOUND
 
-  logits_fn = _logits_fn(fam.lm, fam.inputs)
+  logits_fn = peft_families.logits_fn(fam.lm, fam.inputs)
   forward = jax.jit(lambda m, t: logits_fn(*m.bind(fam.lm, t, fam.params)),
                     static_argnums=0)
   want = np.asarray(forward(method, trained))
@@ -323,7 +274,7 @@ def test_template_equals_spliced_prompt_rows(families, family):
     inputs = (tokens, tokens != 0)
     big = llama_network.DecoderLM(cfg.replace(vocab_size=vocab + 5))
   want = jax.jit(big.apply)({"params": big_params}, virtual, inputs[1])
-  got = np.asarray(jax.jit(_logits_fn(fam.lm, inputs))(params, seams))
+  got = np.asarray(jax.jit(peft_families.logits_fn(fam.lm, inputs))(params, seams))
   want = np.asarray(want)[..., :vocab]
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   assert not method.adds_input_slots and PTuning().adds_input_slots
