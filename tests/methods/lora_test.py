@@ -311,3 +311,13 @@ def test_dropout_acts_at_training_steps_only():
   assert loss(dropped, key) != loss(plain, key)
   with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
     LoRA(dropout=1.0)
+
+
+def test_rank_above_a_projection_is_a_one_line_error():
+  lm = models.DecoderOnlyLM(llama_testing.tiny_decoder_config(num_layers=1))
+  width = lm.config.num_kv_heads * lm.config.head_dim
+  with pytest.raises(ValueError, match=r"LoRA rank .* exceeds layers_0/"
+                     r"self_attention/value's") as e:
+    base.TunedModel(lm, LoRA(rank=width + 1))
+  assert "\n" not in str(e.value)
+  base.TunedModel(lm, LoRA(rank=width))

@@ -90,8 +90,14 @@ class LoRA(base.Method):
     return targets_lib.select(lm, self.targets)
 
   def check(self, lm: models.LanguageModel) -> None:
-    """One-line error for a target that is no projection of `lm`."""
-    self.sites(lm)
+    """One-line error for a target that is no projection of `lm`, or a
+    rank above a projection's smaller side (no longer low rank)."""
+    for s in self.sites(lm):
+      limit = min(s.fan_in, math.prod(s.out_shape))
+      if self.rank > limit:
+        raise ValueError(f"LoRA rank {self.rank} exceeds {s.path}'s "
+                         f"{s.in_shape} -> {s.out_shape} projection (rank at "
+                         f"most {limit})")
 
   def abstract_trainable(self, lm: models.LanguageModel) -> PyTree:
     r, flat = self.rank, {}
