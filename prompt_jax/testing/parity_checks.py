@@ -90,7 +90,7 @@ CHECKS: dict[str, Check] = {
         "SmolLM2-135M last-token logits vs transformers", _SMOL +
         "; 4 texts (SST-2, 2-shot, chat template, plain), ours (fp32) "
         "padded together, transformers unpadded in float64",
-        "max relative L2 error", 3e-5,  # 1.4e-5 on AVX-512, 3.5e-6 on AVX2.
+        "max relative L2 error", 3e-5,  # 1.4e-5 here (AVX-512), 3.5e-6 before.
         "the decoder and the GGUF loader on real weights"),
     "smollm2_sst2_margin": Check(
         "SmolLM2-135M SST-2 margins vs transformers", _SMOL + "; " +
