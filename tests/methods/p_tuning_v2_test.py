@@ -129,9 +129,15 @@ def test_prefix_dropout_acts_at_training_steps_only():
   batch = {"decoder_target_tokens": np.array([[5, 6, 7, 8]], np.int32),
            "decoder_loss_weights": np.array([[0, 1, 1, 1]], np.int32)}
 
+  compiled = {}
+
   def loss(method, rng, dropout=True):
-    return float(base.TunedModel(lm, method).loss_fn(
-        trainable, params, batch, rng=rng, enable_dropout=dropout)[0])
+    key = (method, dropout)
+    if key not in compiled:
+      model = base.TunedModel(lm, method)
+      compiled[key] = jax.jit(lambda r: model.loss_fn(
+          trainable, params, batch, rng=r, enable_dropout=dropout)[0])
+    return float(compiled[key](rng))
   key = jax.random.key(3)
   assert loss(dropped, key, dropout=False) == loss(plain, key, False)
   assert loss(dropped, key) == loss(dropped, key)

@@ -73,7 +73,8 @@ def test_only_the_prompts_of_rows_in_the_batch_get_gradients():
   routed = rows.with_prompts(batch, np.array([0, 2, 0, 2]), P,
                              lm.family)
   model = base.TunedModel(lm, BANK)
-  grads = jax.grad(lambda t: model.loss_fn(t, params, routed)[0])(bank)
+  grads = jax.jit(jax.grad(lambda t: model.loss_fn(t, params, routed)[0]))(
+      bank)
   norms = np.abs(np.asarray(grads["bank"]["prompts"])).sum(axis=(1, 2))
   assert norms[0] > 0 and norms[2] > 0 and norms[1] == 0
 
