@@ -30,7 +30,7 @@ it to the model call; layers consult it at fixed points:
 All fields default to None (no effect), so `Seams()` is the plain backbone.
 """
 
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.struct
 
@@ -141,3 +141,27 @@ def _layer(layers, i: int) -> LayerSeams:
   if layers is None or i >= len(layers) or layers[i] is None:
     return LayerSeams()
   return layers[i]
+
+
+def from_fields(fields: Mapping[tuple[str, int, str], Mapping[str, Any]]
+                ) -> Seams:
+  """`Seams` from `{(stack, layer, block): {seam field: value}}`.
+
+  stack is 'encoder' or 'decoder' (decoder-only models: 'decoder'), block
+  a `LayerSeams` field ('self_attention', 'cross_attention', 'mlp'); the
+  values fill that block's `AttentionSeams` or `MlpSeams`.
+  """
+  stacks: dict[str, dict[int, dict[str, Any]]] = {"encoder": {},
+                                                  "decoder": {}}
+  for (stack, layer, block), kwargs in fields.items():
+    kind = MlpSeams if block == "mlp" else AttentionSeams
+    stacks[stack].setdefault(layer, {})[block] = kind(**kwargs)
+
+  def layers(by_index: dict[int, dict[str, Any]]):
+    if not by_index:
+      return None
+    return tuple(LayerSeams(**by_index[i]) if i in by_index else None
+                 for i in range(max(by_index) + 1))
+
+  return Seams(encoder_layers=layers(stacks["encoder"]),
+               decoder_layers=layers(stacks["decoder"]))

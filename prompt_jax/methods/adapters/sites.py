@@ -91,23 +91,5 @@ def select(lm, config: str, cross_attention: bool) -> list[str]:
 
 def seams_of(fns: Mapping[str, Callable]) -> seams_lib.Seams:
   """The `Seams` whose post functions are `fns` (keyed by block path)."""
-  stacks: dict[str, dict[int, dict[str, Callable]]] = {"encoder": {},
-                                                       "decoder": {}}
-  for path, fn in fns.items():
-    stack, layer, field = parse(path)
-    stacks[stack].setdefault(layer, {})[field] = fn
-
-  def layer(blocks: dict[str, Callable]) -> seams_lib.LayerSeams:
-    return seams_lib.LayerSeams(**{
-        field: (seams_lib.MlpSeams(post_fn=fn) if field == "mlp"
-                else seams_lib.AttentionSeams(post_fn=fn))
-        for field, fn in blocks.items()})
-
-  def stack(layers: dict[int, dict]):
-    if not layers:
-      return None
-    return tuple(layer(layers[i]) if i in layers else None
-                 for i in range(max(layers) + 1))
-
-  return seams_lib.Seams(encoder_layers=stack(stacks["encoder"]),
-                         decoder_layers=stack(stacks["decoder"]))
+  return seams_lib.from_fields({parse(path): {"post_fn": fn}
+                                for path, fn in fns.items()})

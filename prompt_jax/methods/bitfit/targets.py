@@ -59,24 +59,9 @@ def select(lm: models.LanguageModel, targets: Sequence[str]
 
 def seams_of(biases: Mapping[str, Array]) -> seams_lib.Seams:
   """The `Seams` that add `biases` (keyed by projection module path)."""
-  stacks: dict[str, dict[int, dict[str, dict[str, Array]]]] = {
-      "encoder": {}, "decoder": {}}
+  fields: dict[tuple[str, int, str], dict] = {}
   for path, bias in biases.items():
     site = lora_targets.parse(path)
-    blocks = stacks[site.stack].setdefault(site.layer, {})
-    blocks.setdefault(_BLOCK_FIELDS[site.block], {})[site.proj] = bias
-
-  def layer(blocks: dict[str, dict[str, Array]]) -> seams_lib.LayerSeams:
-    return seams_lib.LayerSeams(**{
-        field: (seams_lib.MlpSeams(biases=b) if field == "mlp"
-                else seams_lib.AttentionSeams(biases=b))
-        for field, b in blocks.items()})
-
-  def stack(layers: dict[int, dict]):
-    if not layers:
-      return None
-    return tuple(layer(layers[i]) if i in layers else None
-                 for i in range(max(layers) + 1))
-
-  return seams_lib.Seams(encoder_layers=stack(stacks["encoder"]),
-                         decoder_layers=stack(stacks["decoder"]))
+    key = (site.stack, site.layer, _BLOCK_FIELDS[site.block])
+    fields.setdefault(key, {}).setdefault("biases", {})[site.proj] = bias
+  return seams_lib.from_fields(fields)

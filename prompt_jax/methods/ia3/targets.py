@@ -119,27 +119,11 @@ def select(lm: models.LanguageModel, targets: Sequence[str] | None,
 def seams_of(vectors: Mapping[str, Array]) -> seams_lib.Seams:
   """The `Seams` that apply `vectors` (keyed by projection module path);
   two vectors on one MLP's hidden (wi_1 and wo) multiply."""
-  stacks: dict[str, dict[int, dict[str, dict[str, Array]]]] = {
-      "encoder": {}, "decoder": {}}
+  fields: dict[tuple[str, int, str], dict[str, Array]] = {}
   for path, vector in sorted(vectors.items()):
     site = lora_targets.parse(path)
-    feedforward = site.proj == _FEEDFORWARD_PROJ
-    field = SEAM_FIELDS[(site.proj, feedforward)]
-    block = stacks[site.stack].setdefault(site.layer, {}).setdefault(
-        _BLOCK_FIELDS[site.block], {})
+    field = SEAM_FIELDS[(site.proj, site.proj == _FEEDFORWARD_PROJ)]
+    block = fields.setdefault(
+        (site.stack, site.layer, _BLOCK_FIELDS[site.block]), {})
     block[field] = vector if field not in block else block[field] * vector
-
-  def layer(blocks: dict[str, dict[str, Array]]) -> seams_lib.LayerSeams:
-    return seams_lib.LayerSeams(**{
-        name: (seams_lib.MlpSeams(**fields) if name == "mlp"
-               else seams_lib.AttentionSeams(**fields))
-        for name, fields in blocks.items()})
-
-  def stack(layers: dict[int, dict]):
-    if not layers:
-      return None
-    return tuple(layer(layers[i]) if i in layers else None
-                 for i in range(max(layers) + 1))
-
-  return seams_lib.Seams(encoder_layers=stack(stacks["encoder"]),
-                         decoder_layers=stack(stacks["decoder"]))
+  return seams_lib.from_fields(fields)

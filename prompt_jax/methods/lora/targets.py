@@ -152,27 +152,12 @@ def select(lm: models.LanguageModel, targets: Sequence[str] | None
 
 def seams_of(deltas: Mapping[str, seams_lib.LowRankDelta]) -> seams_lib.Seams:
   """The `Seams` that apply `deltas` (keyed by module path)."""
-  stacks: dict[str, dict[int, dict[str, dict]]] = {"encoder": {},
-                                                   "decoder": {}}
+  fields: dict[tuple[str, int, str], dict] = {}
   for path, delta in deltas.items():
     site = parse(path)
-    blocks = stacks[site.stack].setdefault(site.layer, {})
-    blocks.setdefault(_BLOCK_FIELDS[site.block], {})[site.proj] = delta
-
-  def layer(blocks: dict[str, dict]) -> seams_lib.LayerSeams:
-    return seams_lib.LayerSeams(**{
-        field: (seams_lib.MlpSeams(deltas=d) if field == "mlp"
-                else seams_lib.AttentionSeams(deltas=d))
-        for field, d in blocks.items()})
-
-  def stack(layers: dict[int, dict]):
-    if not layers:
-      return None
-    return tuple(layer(layers[i]) if i in layers else None
-                 for i in range(max(layers) + 1))
-
-  return seams_lib.Seams(encoder_layers=stack(stacks["encoder"]),
-                         decoder_layers=stack(stacks["decoder"]))
+    key = (site.stack, site.layer, _BLOCK_FIELDS[site.block])
+    fields.setdefault(key, {}).setdefault("deltas", {})[site.proj] = delta
+  return seams_lib.from_fields(fields)
 
 
 def hf_module(family: str, path: str) -> str:
