@@ -17,7 +17,8 @@ and the suite checks that:
      and the method eval/infer build (`inference_method`) runs it with the
      trained logits;
   5. greedy decoding through the KV cache scores its tokens as teacher
-     forcing does (the method is not lost in `generate`);
+     forcing does (the method is not lost in `generate`), and the gradient
+     program never forms a backbone weight's gradient;
   6. `settings()` is JSON and names the method.
 """
 
@@ -29,6 +30,7 @@ from typing import Any
 import flax.linen as nn
 import flax.traverse_util
 import jax
+import jax.extend
 import numpy as np
 import optax
 import pytest
@@ -98,7 +100,8 @@ class Backbone:
 
 def _t5_data(vocab: int) -> tuple[dict, tuple]:
   rng = np.random.RandomState(0)
-  enc = testing.padded_batch(rng, BATCH, 8, vocab, lengths=[8, 5, 6, 3])
+  # 9 slots: no activation [B, T, H] has the shape of a kernel [N, D, H].
+  enc = testing.padded_batch(rng, BATCH, 9, vocab, lengths=[9, 5, 6, 3])
   tgt = rng.randint(2, vocab, (BATCH, 3)).astype(np.int32)
   dec = np.concatenate([np.zeros((BATCH, 1), np.int32), tgt[:, :-1]], 1)
   batch = {"encoder_input_tokens": enc, "decoder_input_tokens": dec,
@@ -305,6 +308,36 @@ def test_optimizer_state_has_no_backbone_sized_leaf(run):
   for shape, count in collections.Counter(
       x.shape for x in jax.tree.leaves(backbone)).items():
     assert have[shape] >= 2 * count, (shape, have[shape], count)
+
+
+def _dot_output_shapes(jaxpr) -> set[tuple[int, ...]]:
+  """Shapes of every dot_general output in a jaxpr (sub-jaxprs included)."""
+  shapes = set()
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      shapes.update(tuple(v.aval.shape) for v in eqn.outvars)
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      shapes |= _dot_output_shapes(sub)
+  return shapes
+
+
+def test_the_gradient_never_forms_a_backbone_weight_gradient(run):
+  """No matmul of the gradient program outputs a frozen weight's shape: the
+  weight gradients x^T dy of the backbone are never computed (they are, as
+  a check that this can fail, when the frozen tree is differentiated too)."""
+  bb = run.backbone
+  kernels = {tuple(x.shape) for x in jax.tree.leaves(run.frozen_host)
+             if np.ndim(x) >= 2}
+  if not kernels:  # Full fine-tuning: nothing is frozen.
+    return
+  loss = lambda t, f: run.model.loss_fn(t, f, bb.batch)[0]
+  trainable = run.trainable[0]
+  ours = jax.make_jaxpr(jax.grad(loss))(trainable, run.frozen_host).jaxpr
+  formed = _dot_output_shapes(ours) & kernels
+  assert not formed, formed
+  both = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(
+      trainable, run.frozen_host).jaxpr
+  assert _dot_output_shapes(both) & kernels
 
 
 # ------------------------------------------------ 3. identity at init ----
