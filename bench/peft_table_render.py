@@ -19,6 +19,17 @@ sys.path.insert(0, str(ROOT))
 from bench import markdown_section  # pylint: disable=wrong-import-position
 from bench import peft_table_rows as pt  # pylint: disable=wrong-import-position
 
+LOADED = "†"  # s/step measured while the machine had other work.
+
+
+def busy(row: dict) -> bool:
+  """True if the row's 1-minute load average exceeded its machine's cores
+  (other work ran beside it: its s/step is inflated)."""
+  load, hw = row.get("load_average"), row.get("hardware", "")
+  cores = int(hw.split("(")[1].split()[0]) if "cores" in hw else None
+  return bool(load and cores and load[0] > cores + 0.5)
+
+
 def _task_table(rows: dict[str, dict], task: str) -> list[str]:
   lines = [f"`{pt.TASKS[task]}`:", "", "| method | accuracy % mean (min) | "
            "seeds | trainable params (%) | train s/step | peak memory | lr |"
@@ -46,7 +57,8 @@ def _task_table(rows: dict[str, dict], task: str) -> list[str]:
         + ", ".join(map(str, have))
         + (f" ({', '.join(gone)} missing)" if gone else "")
         + f" | {rs[0]['trainable']:,} ({rs[0]['trainable_percent']:.3f}%) | "
-        + (f"{np.mean(steps):.3f}" if steps else "-") + " | "
+        + (f"{np.mean(steps):.3f}" if steps else "-")
+        + (LOADED if any(map(busy, rs)) else "") + " | "
         + f"{max(r['peak_memory_bytes'] for r in rs) / 2**30:.2f} GiB | "
         + f"{lr:g} | {np.mean([r['final_train_loss'] for r in rs]):.3f} |")
   return lines + [""]
@@ -103,7 +115,9 @@ def render_settings(rows: dict[str, dict], name: str) -> list[str]:
       "training (backbone load + training; before the eval backbone is "
       "loaded). Train s/step: the mean over the steps after the first "
       f"logged one (loss logged every {s['log_every']} step(s); the first "
-      "step holds the compilation).", ""]
+      f"step holds the compilation); {LOADED}: a row measured while the "
+      "machine's 1-minute load exceeded its cores (other work beside it), "
+      "its s/step inflated.", ""]
 
 
 def render(root: pathlib.Path, names=("cpu", "gpu")) -> str:

@@ -104,3 +104,10 @@ def test_a_method_missing_from_the_registry_is_one_line(monkeypatch):
   with pytest.raises(ValueError, match=r"^variant lora: method "
                      r"'no_such_method' is not in prompt_jax.methods.METHODS"):
     bench.build_method("lora", ["no", "yes"])
+
+
+def test_rows_measured_beside_other_work_are_flagged():
+  hw = "CPU (2 cores, x86_64)"
+  assert render.busy({"load_average": [3.1, 2.0, 1.0], "hardware": hw})
+  assert not render.busy({"load_average": [2.2, 2.0, 1.0], "hardware": hw})
+  assert not render.busy({"hardware": "NVIDIA H100 x1"})
