@@ -368,7 +368,7 @@ def test_registry_and_settings():
   assert method.settings() == {
       "method": "p_tuning", "prompt_length": 5, "encoder_type": "LSTM",
       "encoder_hidden_size": None, "encoder_num_layers": 2,
-      "prompt_position": "template", "template": TEMPLATE,
+      "encoder_dropout": 0.0, "prompt_position": "template", "template": TEMPLATE,
       "form": "encoder"}
   assert hash(method) == hash(PTuning(5, "LSTM", None, 2, "template",
                                       TEMPLATE))
@@ -388,3 +388,27 @@ def test_gin_file_builds_the_method_and_replaces_the_optimizer():
       6, "LSTM", encoder_hidden_size=16)
   assert gin.get_bindings(optim.make_optimizer) == {
       "name": "adamw", "learning_rate": 1e-3}
+
+
+def test_encoder_dropout_acts_between_lstm_layers_at_training_steps():
+  """PEFT's encoder_dropout: between LSTM layers, training steps only; the
+  MLP encoder has none."""
+  lm = models.DecoderOnlyLM(llama_testing.tiny_decoder_config(num_layers=1))
+  key = jax.random.key(5)
+  x, mask = jnp.zeros((1, 1, lm.config.emb_dim)), jnp.ones((1, 1), bool)
+  for kind, changes in (("LSTM", True), ("MLP", False)):
+    plain = PTuning(length=3, encoder_type=kind, encoder_hidden_size=8)
+    dropped = PTuning(length=3, encoder_type=kind, encoder_hidden_size=8,
+                      encoder_dropout=0.5)
+    tree = plain.init_trainable(jax.random.key(0), lm, None, None)
+
+    def trained_table(method):
+      seams = method.bind_train(lm, tree, {}, key)[1]
+      return np.asarray(seams.decoder_embed_fn(x, mask)[0][0, :3])
+    np.testing.assert_array_equal(trained_table(plain), plain.table(tree))
+    assert (np.abs(trained_table(dropped) - trained_table(plain)).max()
+            > 0) == changes
+    # Evaluation binds without it.
+    np.testing.assert_array_equal(dropped.table(tree), plain.table(tree))
+  with pytest.raises(ValueError, match="encoder_dropout"):
+    PTuning(encoder_dropout=1.0)

@@ -172,10 +172,16 @@ def lstm_direction(x: Array, weights: PyTree, reverse: bool = False) -> Array:
   return hs
 
 
-def lstm_head(x: Array, head: PyTree) -> Array:
+def lstm_head(x: Array, head: PyTree, dropout: float = 0.0,
+              rng: PRNGKey | None = None) -> Array:
   """Bidirectional multi-layer LSTM: [P, H] -> [P, 2h] (forward, backward
-  concatenated per step, as torch's output)."""
+  concatenated per step, as torch's output). With `rng`, dropout `dropout`
+  on every layer's output but the last (torch's `LSTM(dropout=)`)."""
   for k in range(len(head)):
+    if k and rng is not None and dropout > 0.0:
+      keep = jax.random.bernoulli(jax.random.fold_in(rng, k), 1.0 - dropout,
+                                  x.shape)
+      x = jnp.where(keep, x / (1.0 - dropout), 0.0)
     layer = head[f"layer_{k}"]
     x = jnp.concatenate([lstm_direction(x, layer["forward"]),
                          lstm_direction(x, layer["backward"], reverse=True)],
@@ -188,11 +194,14 @@ def encoder_type_of(params: PyTree) -> str:
   return LSTM if "lstm_head" in params else MLP
 
 
-def apply(params: PyTree) -> Array:
-  """The prompt [P, H] (fp32) that the encoder makes of its embedding."""
+def apply(params: PyTree, dropout: float = 0.0,
+          rng: PRNGKey | None = None) -> Array:
+  """The prompt [P, H] (fp32) that the encoder makes of its embedding;
+  `dropout` with `rng`: PEFT's `encoder_dropout` (between LSTM layers;
+  the MLP encoder has none)."""
   x = params["embedding"].astype(jnp.float32)
   if encoder_type_of(params) == LSTM:
-    x = lstm_head(x, params["lstm_head"])
+    x = lstm_head(x, params["lstm_head"], dropout, rng)
   return mlp_head(x, params["mlp_head"])
 
 

@@ -89,6 +89,8 @@ class PTuning(base.Method):
       module); its pseudo tokens must number `length`.
     form: 'encoder' (train the encoder) or 'table' (its output only: run
       or fine-tune an exported table).
+    encoder_dropout: PEFT's `encoder_dropout`, between LSTM layers at
+      training steps (`bind_train`); the MLP encoder has none.
   """
   length: int = 20
   encoder_type: str = encoder.MLP
@@ -97,6 +99,7 @@ class PTuning(base.Method):
   position: str = "prefix"
   template: str | None = None
   form: str = "encoder"
+  encoder_dropout: float = 0.0
 
   name = "p_tuning"
   artifact_dir = "p_tuning"
@@ -109,6 +112,9 @@ class PTuning(base.Method):
     if self.encoder_hidden_size is not None:
       _positive_int("encoder_hidden_size", self.encoder_hidden_size)
     _positive_int("encoder_num_layers", self.encoder_num_layers)
+    if not 0.0 <= self.encoder_dropout < 1.0:
+      raise ValueError(f"P-tuning encoder_dropout must be in [0, 1), got "
+                       f"{self.encoder_dropout!r}")
     if self.form not in FORMS:
       raise ValueError(f"P-tuning form {self.form!r}: expected one of "
                        f"{list(FORMS)}")
@@ -180,6 +186,15 @@ class PTuning(base.Method):
            frozen: PyTree) -> tuple[PyTree, seams_lib.Seams]:
     return frozen, self.seams(lm, self.table(trainable))
 
+  def bind_train(self, lm: models.LanguageModel, trainable: PyTree,
+                 frozen: PyTree, rng: PRNGKey
+                 ) -> tuple[PyTree, seams_lib.Seams]:
+    """`bind` with the encoder's dropout (`encoder_dropout`)."""
+    if "prompt" in trainable or self.encoder_dropout == 0.0:
+      return self.bind(lm, trainable, frozen)
+    return frozen, self.seams(lm, encoder.apply(
+        trainable["prompt_encoder"], self.encoder_dropout, rng))
+
   def render(self, example: dict[str, Any], tokenizer: Any,
              mask: str | int | None = None, add_eos: bool = False
              ) -> list[int]:
@@ -195,6 +210,7 @@ class PTuning(base.Method):
             "encoder_type": self.encoder_type,
             "encoder_hidden_size": self.encoder_hidden_size,
             "encoder_num_layers": self.encoder_num_layers,
+            "encoder_dropout": self.encoder_dropout,
             "prompt_position": self.position, "template": self.template,
             "form": self.form}
 
