@@ -15,10 +15,9 @@ the prefix encoder's output). `load_artifact` returns that prefix form, and
 never looks at values): a loaded artifact runs the trained model's logits
 without the MLP. Without projection the trainable tree IS the prefix form,
 so the artifact round-trips bit for bit. A loaded artifact is therefore a
-`projection=False` tree: the entry points (evaluate, infer, classify) shard
-the trainable tree by `abstract_trainable`, so evaluate a projection run
-with the same method and `projection=False` (gin: PREFIX_PROJECTION=False);
-with `projection=True` they fail on the tree's structure.
+`projection=False` tree, and `inference_method()` is this method without
+projection: the entry points (evaluate, infer, classify) build that one to
+run an artifact, whatever the run's PREFIX_PROJECTION.
 
 Not an identity at init: a prefix adds P always-visible slots to each
 softmax, so even zero keys and values (logit 0, weight e^0 each) take
