@@ -68,3 +68,37 @@ def logits_fn(lm, inputs):
     return lambda params, seams: lm.logits(params, batch, seams=seams)
   ids, mask = inputs
   return lambda params, seams: lm.text_logits(params, ids, mask, seams=seams)
+
+
+def hf_case(t5_style: str | None, llama_cfg: Any = None):
+  """One parity case: (HF model, our params, lm, our inputs, HF kwargs,
+  valid [B, T] mask of compared slots).
+
+  A random T5 of `t5_style` ('t5_1_0', 't5_1_1') with a padded encoder
+  batch, else a Llama (`llama_cfg`, default 6 query / 2 kv heads, width
+  48) with right padding and explicit HF positions.
+  """
+  rng = np.random.RandomState(0)
+  if t5_style is not None:
+    hf, cfg, params = testing.random_hf_t5(t5_style)
+    enc = testing.padded_batch(rng, 2, 10, cfg.vocab_size, lengths=[10, 6])
+    dec = testing.padded_batch(rng, 2, 5, cfg.vocab_size,
+                               start_with_pad=True)
+    kwargs = dict(input_ids=torch.tensor(enc, dtype=torch.long),
+                  attention_mask=torch.tensor(enc != 0),
+                  decoder_input_ids=torch.tensor(dec, dtype=torch.long))
+    return (hf, params, models.EncoderDecoderLM(cfg), (enc, dec), kwargs,
+            np.ones(dec.shape, bool))
+  cfg = llama_cfg or llama_testing.tiny_decoder_config(
+      emb_dim=48, num_heads=6, num_kv_heads=2)
+  hf, params = llama_testing.random_hf_llama(cfg, seed=3)
+  ids = rng.randint(3, cfg.vocab_size, (2, 8)).astype(np.int32)
+  mask = np.ones_like(ids)
+  mask[1, 5:] = 0
+  ids = ids * mask
+  kwargs = dict(input_ids=torch.tensor(ids, dtype=torch.long),
+                attention_mask=torch.tensor(mask),
+                position_ids=torch.tensor(np.maximum(np.cumsum(mask, 1) - 1,
+                                                     0)))
+  return (hf, params, models.DecoderOnlyLM(cfg), (ids, mask), kwargs,
+          mask.astype(bool))

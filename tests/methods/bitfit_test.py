@@ -32,6 +32,7 @@ from prompt_jax.methods.bitfit import BitFit
 from prompt_jax.methods.bitfit import peft_format
 from prompt_jax.methods.lora import targets as lora_targets
 from prompt_jax.testing import llama as llama_testing
+from prompt_jax.testing import peft_families
 
 LOGITS_REL_BOUND = 1e-5  # max |ours - ref| / max |ref|, over valid slots.
 GRAD_REL_BOUND = 1e-4  # per bias: max |ours - PEFT| / max |PEFT|.
@@ -51,40 +52,10 @@ class Setup(NamedTuple):
 
 def _hf_models(case: str):
   """(HF model, our params, lm, inputs (ours), HF kwargs, valid mask)."""
-  rng = np.random.RandomState(0)
-  if case == "t5":
-    hf, cfg, params = testing.random_hf_t5("t5_1_1")
-    enc = testing.padded_batch(rng, 2, 10, cfg.vocab_size, lengths=[10, 6])
-    dec = testing.padded_batch(rng, 2, 5, cfg.vocab_size,
-                               start_with_pad=True)
-    kwargs = dict(input_ids=torch.tensor(enc, dtype=torch.long),
-                  attention_mask=torch.tensor(enc != 0),
-                  decoder_input_ids=torch.tensor(dec, dtype=torch.long))
-    return (hf, params, models.EncoderDecoderLM(cfg), (enc, dec), kwargs,
-            np.ones(dec.shape, bool))
-  cfg = llama_testing.tiny_decoder_config(emb_dim=48, num_heads=6,
-                                          num_kv_heads=2)
-  hf, params = llama_testing.random_hf_llama(cfg, seed=3)
-  ids = rng.randint(3, cfg.vocab_size, (2, 8)).astype(np.int32)
-  mask = np.ones_like(ids)
-  mask[1, 5:] = 0
-  ids = ids * mask
-  kwargs = dict(input_ids=torch.tensor(ids, dtype=torch.long),
-                attention_mask=torch.tensor(mask),
-                position_ids=torch.tensor(np.maximum(np.cumsum(mask, 1) - 1,
-                                                     0)))
-  return (hf, params, models.DecoderOnlyLM(cfg), (ids, mask), kwargs,
-          mask.astype(bool))
+  return peft_families.hf_case("t5_1_1" if case == "t5" else None)
 
 
-def _logits_fn(lm, inputs):
-  if lm.family == models.ENCODER_DECODER:
-    enc, dec = inputs
-    batch = {"encoder_input_tokens": enc, "decoder_input_tokens": dec}
-    return lambda params, seams: lm.logits(params, batch, seams=seams)
-  ids, mask = inputs
-  return lambda params, seams: lm.module.apply(
-      {"params": params}, ids, mask.astype(bool), seams=seams)
+_logits_fn = peft_families.logits_fn
 
 
 def _torch_bias_logits(hf_model, trainable, family, kwargs) -> np.ndarray:
