@@ -132,13 +132,10 @@ class UniPELT(base.Method):
   def bind(self, lm: models.LanguageModel, trainable: PyTree,
            frozen: PyTree) -> tuple[PyTree, seams_lib.Seams]:
     lora, prefix, adapters = self.parts()
-    gate_params = {k.rpartition("/")[0]: None
-                   for k in _flat(trainable["gates"])}
-    for key in gate_params:
-      node = trainable["gates"]
-      for part in key.split("/"):
-        node = node[part]
-      gate_params[key] = node
+    gate_params: dict[str, dict] = {}
+    for key, value in _flat(trainable["gates"]).items():
+      path, _, leaf = key.rpartition("/")
+      gate_params.setdefault(path, {})[leaf] = value
     seams = merge.merge(lora.bind(lm, trainable["lora"], frozen)[1],
                         prefix.bind(lm, trainable["prefix"], frozen)[1],
                         ("lora", "prefix_tuning"))
