@@ -26,14 +26,10 @@ there it is not redundant.
 import dataclasses
 from typing import Any, Sequence
 
-import flax.linen as nn
-import flax.traverse_util
-import jax
-import jax.numpy as jnp
-
 from prompt_jax import models
 from prompt_jax.backbones import seams as seams_lib
 from prompt_jax.methods import base
+from prompt_jax.methods import site_leaves
 from prompt_jax.methods.bitfit import targets as targets_lib
 from prompt_jax.types import PRNGKey, PyTree
 
@@ -72,26 +68,22 @@ class BitFit(base.Method):
     """One-line error for a target that is no projection of `lm`."""
     self.sites(lm)
 
+  def _leaves(self, lm: models.LanguageModel) -> list[site_leaves.Leaf]:
+    return [(s.path, s.out_shape, s.out_axes) for s in self.sites(lm)]
+
   def abstract_trainable(self, lm: models.LanguageModel) -> PyTree:
-    flat = {f"{s.path}/{LEAF}": nn.LogicallyPartitioned(
-        jax.ShapeDtypeStruct(s.out_shape, jnp.float32), names=s.out_axes)
-            for s in self.sites(lm)}
-    return flax.traverse_util.unflatten_dict(flat, sep="/")
+    return site_leaves.abstract(self._leaves(lm), LEAF)
 
   def init_trainable(self, rng: PRNGKey, lm: models.LanguageModel,
                      params: PyTree, tokenizer: Any) -> PyTree:
     """Every bias 0 (PEFT's BEFT `init_weights=True`)."""
     del rng, params, tokenizer
-    flat = {f"{s.path}/{LEAF}": jnp.zeros(s.out_shape, jnp.float32)
-            for s in self.sites(lm)}
-    return flax.traverse_util.unflatten_dict(flat, sep="/")
+    return site_leaves.constant(self._leaves(lm), LEAF, 0.0)
 
   def bind(self, lm: models.LanguageModel, trainable: PyTree,
            frozen: PyTree) -> tuple[PyTree, seams_lib.Seams]:
     del lm
-    flat = flax.traverse_util.flatten_dict(trainable, sep="/")
-    return frozen, targets_lib.seams_of(
-        {k.rpartition("/")[0]: v for k, v in flat.items()})
+    return frozen, targets_lib.seams_of(site_leaves.by_module(trainable))
 
   def settings(self) -> dict[str, Any]:
     return {"method": self.name, "bitfit_targets": list(self.targets)}

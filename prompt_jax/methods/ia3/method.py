@@ -22,14 +22,13 @@ it unchanged with `key_scale`, `value_scale` and `hidden_scale` seams.
 import dataclasses
 from typing import Any, Sequence
 
-import flax.linen as nn
 import flax.traverse_util
-import jax
 import jax.numpy as jnp
 
 from prompt_jax import models
 from prompt_jax.backbones import seams as seams_lib
 from prompt_jax.methods import base
+from prompt_jax.methods import site_leaves
 from prompt_jax.methods.ia3 import targets as targets_lib
 from prompt_jax.types import PRNGKey, PyTree
 
@@ -78,26 +77,22 @@ class IA3(base.Method):
     """One-line error for a target the seams cannot express on `lm`."""
     self.vectors(lm)
 
+  def _leaves(self, lm: models.LanguageModel) -> list[site_leaves.Leaf]:
+    return [(v.path, v.shape, v.axes) for v in self.vectors(lm)]
+
   def abstract_trainable(self, lm: models.LanguageModel) -> PyTree:
-    flat = {f"{v.path}/{LEAF}": nn.LogicallyPartitioned(
-        jax.ShapeDtypeStruct(v.shape, jnp.float32), names=v.axes)
-            for v in self.vectors(lm)}
-    return flax.traverse_util.unflatten_dict(flat, sep="/")
+    return site_leaves.abstract(self._leaves(lm), LEAF)
 
   def init_trainable(self, rng: PRNGKey, lm: models.LanguageModel,
                      params: PyTree, tokenizer: Any) -> PyTree:
     """Every vector 1 (PEFT's `init_ia3_weights=True`)."""
     del rng, params, tokenizer
-    flat = {f"{v.path}/{LEAF}": jnp.ones(v.shape, jnp.float32)
-            for v in self.vectors(lm)}
-    return flax.traverse_util.unflatten_dict(flat, sep="/")
+    return site_leaves.constant(self._leaves(lm), LEAF, 1.0)
 
   def bind(self, lm: models.LanguageModel, trainable: PyTree,
            frozen: PyTree) -> tuple[PyTree, seams_lib.Seams]:
     del lm
-    flat = flax.traverse_util.flatten_dict(trainable, sep="/")
-    return frozen, targets_lib.seams_of(
-        {k.rpartition("/")[0]: v for k, v in flat.items()})
+    return frozen, targets_lib.seams_of(site_leaves.by_module(trainable))
 
   def merge(self, trainable: PyTree, frozen: PyTree) -> PyTree:
     """The backbone with every vector folded into its kernel (run it with
