@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import flax.traverse_util
 import numpy as np
 
+from prompt_jax.methods import site_leaves
 from prompt_jax.methods.lora import targets as lora_targets
 from prompt_jax.types import PyTree
 
@@ -38,15 +39,6 @@ def from_peft_state(state: Mapping[str, Any], abstract: PyTree,
   Raises:
     ValueError: one line naming missing or unexpected tensor names.
   """
-  flat = flax.traverse_util.flatten_dict(abstract, sep="/")
-  wanted = {_name(family, k.rpartition("/")[0]): (k, spec)
-            for k, spec in flat.items()}
-  missing = sorted(wanted.keys() - state.keys())
-  extra = sorted(k for k in state.keys() - wanted.keys()
-                 if k.endswith(PEFT_LEAF))
-  if missing or extra:
-    raise ValueError(f"PEFT state does not match the BitFit biases (missing "
-                     f"{missing}, unexpected {extra})")
-  out = {key: np.asarray(state[name]).reshape(spec.shape).astype(spec.dtype)
-         for name, (key, spec) in wanted.items()}
-  return flax.traverse_util.unflatten_dict(out, sep="/")
+  return site_leaves.from_peft_state(
+      state, abstract, lambda path: _name(family, path), PEFT_LEAF,
+      "BitFit biases")
